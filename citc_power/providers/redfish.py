@@ -377,15 +377,19 @@ class RedfishProvider(Provider):
         await self._call(target, system.reset_system, reset)
 
     async def _wait(self, target: Target, system: Any, want: PowerState, seconds: float) -> bool:
-        """Re-read the power state until it is ``want``; False if ``seconds`` pass first."""
+        """Re-read the power state until it is ``want``; False if ``seconds`` pass first.
+
+        Reads at least once: the state read before a reset says nothing about its effect.
+        """
         deadline = Deadline(seconds)
-        while _state(system) is not want:
-            if deadline.expired():
-                return False
+        while True:
             await asyncio.sleep(min(self.options.poll_interval, deadline.remaining()))
             await self._call(target, system.refresh)
             log.debug("%s: power state %s", target.node, system.power_state)
-        return True
+            if _state(system) is want:
+                return True
+            if deadline.expired():
+                return False
 
     async def _wait_or_fail(self, target: Target, system: Any, want: PowerState, what: str) -> None:
         """:raises ProviderError: (code ``timeout``) the state did not come in power_timeout."""
@@ -438,7 +442,10 @@ def translate(exc: sushy_exc.SushyError, target: Target) -> ProviderError:
 def _check_bmc_urls(s: SettingsReader, directory: BmcDirectory) -> None:
     """Refuse addresses that are URLs sushy cannot use or that carry credentials."""
     if directory.template is not None:
-        problem = _url_problem(directory.template.format(node="node1"))
+        try:
+            problem = _url_problem(directory.template.format(node="node1"))
+        except (KeyError, IndexError, ValueError):
+            problem = None  # a bad placeholder, already reported by the BMC settings
         if problem:
             s.problem("address", problem)
     for node, entry in sorted(directory.entries.items()):
