@@ -386,7 +386,6 @@ def command(limits: Path, slurm_conf: Path | None, shapes: tuple[Path, ...], nam
     try:
         code = run(opts)
     except CitcPowerError as exc:
-        log.error("%s", exc)
         for line in str(exc).splitlines() or [type(exc).__name__]:
             click.echo(f"finish: {line}", err=True)
         code = exc.exit_code

@@ -543,15 +543,20 @@ def _read_names(data: LMap, override: str | None, problems: Problems) -> tuple[s
         return DEFAULT_NAMES_AD, DEFAULT_NAMES
     try:
         fields = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
+    except ValueError as exc:
+        _pattern_problem(problems, line, f"{where}: {value!r} is not a valid pattern ({exc});"
+                         f" write it like {DEFAULT_NAMES_AD!r}")
+        return DEFAULT_NAMES_AD, DEFAULT_NAMES
+    if fields - {"shape", "ad", "n"} or "n" not in fields:
+        _pattern_problem(problems, line, f"{where}: {value!r} must use {{n}} and only the fields"
+                         " {shape}, {ad} and {n}")
+        return DEFAULT_NAMES_AD, DEFAULT_NAMES
+    try:
         value.format(shape="s", ad=1, n=1)
     except (ValueError, KeyError, IndexError) as exc:
         _pattern_problem(problems, line, f"{where}: {value!r} is not a valid pattern ({exc});"
                          f" write it like {DEFAULT_NAMES_AD!r}")
         return DEFAULT_NAMES_AD, DEFAULT_NAMES
-    unknown = fields - {"shape", "ad", "n"}
-    if unknown or "n" not in fields:
-        _pattern_problem(problems, line, f"{where}: {value!r} must use {{n}} and only the fields"
-                         " {shape}, {ad} and {n}")
     return value, value
 
 
