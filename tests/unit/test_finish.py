@@ -203,7 +203,7 @@ def test_finish_console_script_exits_2_without_traceback(tmp_path: Path):
         pytest.skip("the finish console script is not installed (pip install -e .)")
     limits_file = write_limits(tmp_path / "limits.yaml", "VM.Standard2.1: -1\n")
     proc = subprocess.run([str(script), str(limits_file), "--slurm-conf", str(write_conf(tmp_path / "slurm.conf"))],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"finish: {limits_file}:1: VM.Standard2.1: count -1 is negative")
     assert "Traceback" not in proc.stderr
