@@ -14,7 +14,7 @@ import os
 import signal
 import socket
 import sys
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NoReturn, Optional
 
 import click
 
@@ -69,9 +69,10 @@ config_option = click.option(
     help="Config file (default: $CITC_POWER_CONFIG, then /etc/citc/power.yaml).")
 
 
-def fail(message: str, code: int = 2) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
+def fail(message: str, code: int = 2, prog_name: str = "citc-power") -> NoReturn:
+    """Print each problem as one line on stderr and exit."""
     for line in message.splitlines() or [message]:
-        click.echo(f"citc-power: {line}", err=True)
+        click.echo(f"{prog_name}: {line}", err=True)
     sys.exit(code)
 
 
@@ -111,10 +112,8 @@ def run_action(ctx: Context, action: str, expr: str, console: bool = False, dry_
     if console:
         _print_outcomes(result, dry_run)
     code = result.exit_code(strict=action in ("start", "stop") and not dry_run)
-    if result.config_problems:
-        for problem in result.config_problems:
-            log.error("%s", problem)
-        fail("\n".join(dict.fromkeys(result.config_problems)), code)
+    if result.config_problems:  # the nodes were reported to Slurm; now say what to fix
+        raise ConfigError(list(dict.fromkeys(result.config_problems)))
     return code
 
 
@@ -243,17 +242,19 @@ def main(argv: Optional[list[str]] = None, prog_name: str = "citc-power") -> Non
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        fail(f"{exc.format_message()} (see {prog_name} --help)", 2)
+        fail(f"{exc.format_message()} (see {prog_name} --help)", 2, prog_name)
     except click.exceptions.Abort:
-        fail("aborted", 1)
+        fail("aborted", 1, prog_name)
     except CitcPowerError as exc:
-        log.error("%s", exc)
-        fail(str(exc), exc.exit_code)
+        if logging.getLogger().handlers:  # only once logs.setup has run; never Python's stderr fallback
+            log.error("%s", exc, extra={"to_console": False})
+        fail(str(exc), exc.exit_code, prog_name)
     except KeyboardInterrupt:
-        fail("interrupted", 1)
+        fail("interrupted", 1, prog_name)
     except Exception as exc:  # last resort: a short line for the user, the traceback to the log
-        log.exception("internal error")
-        fail(f"internal error: {type(exc).__name__}: {exc} (details in the log)", 1)
+        if logging.getLogger().handlers:
+            log.exception("internal error", extra={"to_console": False})
+        fail(f"internal error: {type(exc).__name__}: {exc} (details in the log)", 1, prog_name)
 
 
 def startnode() -> None:

@@ -26,6 +26,10 @@ class _RunContext(logging.Filter):
         return True
 
 
+# pass as extra= for a line the command also prints itself, so the console shows it once
+FILE_ONLY = {"to_console": False}
+
+
 def setup(
     action: str,
     file: Optional[Path],
@@ -61,6 +65,7 @@ def setup(
         stream.setLevel(logging.DEBUG if verbose else logging.WARNING)
         stream.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
         stream.addFilter(context)
+        stream.addFilter(lambda record: getattr(record, "to_console", True))
         root.addHandler(stream)
     # SDKs are chatty at debug level and may print request details; keep them at warning
     for noisy in ("oci", "urllib3", "keystoneauth", "openstack", "sushy", "pyipmi", "asyncio"):

@@ -58,13 +58,16 @@ def parse_scontrol_record(line: str) -> dict[str, str]:
 
 NODECTL = """#!/bin/sh
 # nodectl start|stop|status NODE: start or stop the slurmd of one node of this mini-cluster.
+# "start" prints the node's address (address=127.0.x.y) for citc-power to report to Slurm.
 set -u
 export SLURM_CONF={conf}
 pidfile={run}/slurmd-$2.pid
 case "$1" in
   start)
+    if [ -f {root}/fail/$2 ]; then echo "code=capacity"; cat {root}/fail/$2 >&2; exit 1; fi
+    case "$2" in {addresses} esac
     if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then exit 0; fi
-    exec {slurmd} -b -N "$2" -f {conf} </dev/null >/dev/null 2>&1 ;;
+    {slurmd} -b -N "$2" -f {conf} </dev/null >/dev/null 2>&1 ;;
   stop)
     [ -f "$pidfile" ] || exit 0
     pid=$(cat "$pidfile")
@@ -129,6 +132,11 @@ class MiniCluster:
             no_proxy="127.0.0.1,localhost",
         )
 
+    def address_of(self, name: str) -> str:
+        """The loopback address nodectl reports for a node: 127.0.1.<position>."""
+        index = [n.name for n in self.nodes].index(name)
+        return f"127.0.{1 + index // 250}.{1 + index % 250}"
+
     # -- set-up ---------------------------------------------------------------------------
     def default_power_config(self) -> dict[str, Any]:
         """The command provider starting and stopping each node's slurmd through nodectl."""
@@ -140,13 +148,12 @@ class MiniCluster:
                     "on": f"{self.nodectl} start {{node}}",
                     "off": f"{self.nodectl} stop {{node}}",
                     "state": f"{self.nodectl} status {{node}}",
-                    "address": "127.0.0.1",
                 }
             },
         }
 
     def _write_files(self) -> None:
-        for sub in ("state", "spool", "log", "run", "bin"):
+        for sub in ("state", "spool", "log", "run", "bin", "fail"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o755)
         key = self.root / "munge.key"
@@ -159,7 +166,9 @@ class MiniCluster:
         power.setdefault("log", {"file": str(self.log_file), "level": "debug"})
         self.power_config.write_text(yaml.safe_dump(power, sort_keys=False))
         self.power_config.chmod(0o600)
-        self.nodectl.write_text(NODECTL.format(conf=self.slurm_conf, run=self.run_dir, slurmd=_which("slurmd")))
+        addresses = " ".join(f"{n.name}) echo address={self.address_of(n.name)};;" for n in self.nodes)
+        self.nodectl.write_text(NODECTL.format(conf=self.slurm_conf, run=self.run_dir, slurmd=_which("slurmd"),
+                                               addresses=addresses, root=self.root))
         self.nodectl.chmod(0o755)
         extra_env = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in self.wrapper_env.items())
         for action in ("resume", "suspend", "resume-fail", "reboot"):
@@ -238,9 +247,10 @@ class MiniCluster:
         self._spawn([_which("slurmctld"), "-D", "-i", "-f", str(self.slurm_conf)], "slurmctld")
         self.wait_until(lambda: self.run(_which("scontrol"), "ping", check=False).returncode == 0,
                         20, "slurmctld to answer ping")
+        # static nodes start up like real machines; SuspendTime then powers them down
         for n in self.nodes:
-            if not n.cloud:  # static nodes in power save start powered down
-                self.scontrol("update", f"nodename={n.name}", "state=power_down_force")
+            if not n.cloud:
+                self.start_slurmd(n.name)
         return self
 
     def _spawn(self, argv: list[str], name: str) -> None:
@@ -308,6 +318,13 @@ class MiniCluster:
                               input=script, env=self.env, text=True, capture_output=True,
                               check=True, timeout=30)
         return int(proc.stdout.strip().split(";")[0])
+
+    def fail_power_on(self, name: str, message: str = "no capacity for this node") -> None:
+        """Make nodectl refuse to start ``name`` (exit 1, code=capacity) until cleared."""
+        (self.root / "fail" / name).write_text(message + "\n")
+
+    def clear_failure(self, name: str) -> None:
+        (self.root / "fail" / name).unlink(missing_ok=True)
 
     def start_slurmd(self, name: str) -> None:
         self.run(str(self.nodectl), "start", name)
