@@ -58,6 +58,7 @@ from .bmc import BMC_SETTINGS, BmcDirectory, BmcEndpoint
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Action = Callable[["Target"], Awaitable[Outcome]]
 
 TLS = "tls"  # the BMC's certificate is not trusted, or the TLS handshake failed
 HTTPS_PORT = 443
@@ -177,6 +178,9 @@ class RedfishProvider(Provider):
         self._client_locks: dict[tuple[str, str, str], threading.Lock] = {}
         self._lock = threading.Lock()
         self._default_systems: dict[tuple[str, str, str], str] = {}  # found by listing Systems
+        # BMCs that could not be reached during the current call: the other nodes behind the
+        # same BMC fail at once instead of each waiting out the timeouts again
+        self._unreachable: dict[tuple[str, str, str], ProviderError] = {}
 
     @classmethod
     def from_settings(cls, name: str, settings: Mapping[str, Any]) -> RedfishProvider:
@@ -215,6 +219,7 @@ class RedfishProvider(Provider):
 
     async def power_state(self, nodes: Sequence[Node]) -> dict[str, PowerState]:
         """Read each node's power state; a node whose BMC cannot be read is UNKNOWN."""
+        self._unreachable.clear()
         states = await asyncio.gather(*(self._state_of(node) for node in nodes))
         return {node.name: state for node, state in zip(nodes, states)}
 
@@ -282,10 +287,11 @@ class RedfishProvider(Provider):
 
     # -- helpers -----------------------------------------------------------------------------
 
-    async def _each(self, nodes: Sequence[Node], action: Callable[[Target], Awaitable[Outcome]]) -> list[Outcome]:
+    async def _each(self, nodes: Sequence[Node], action: Action) -> list[Outcome]:
+        self._unreachable.clear()
         return list(await asyncio.gather(*(self._guard(node, action) for node in nodes)))
 
-    async def _guard(self, node: Node, action: Callable[[Target], Awaitable[Outcome]]) -> Outcome:
+    async def _guard(self, node: Node, action: Action) -> Outcome:
         """Run ``action`` for one node; whatever goes wrong becomes that node's Outcome."""
         try:
             return await action(self._target(node))
@@ -294,7 +300,8 @@ class RedfishProvider(Provider):
             return Outcome.failure(node.name, exc.code, str(exc))
         except Exception as exc:
             log.exception("%s: unexpected error", node.name)
-            return Outcome.failure(node.name, ERROR, f"unexpected {type(exc).__name__}; see the log")
+            message = f"unexpected {type(exc).__name__}; see the log"
+            return Outcome.failure(node.name, ERROR, message)
 
     def _target(self, node: Node) -> Target:
         """Where ``node``'s system is.
@@ -308,7 +315,8 @@ class RedfishProvider(Provider):
         return Target(node.name, bmc_url(endpoint), path, endpoint)
 
     def _success(self, target: Target, message: str) -> Outcome:
-        return Outcome.success(target.node, message, address=self.directory.node_address(target.node))
+        address = self.directory.node_address(target.node)
+        return Outcome.success(target.node, message, address=address)
 
     async def _call(self, target: Target, fn: Callable[..., T], *args: Any) -> T:
         """Run one blocking sushy call in the pool; sushy's exceptions become ProviderError."""
@@ -339,9 +347,17 @@ class RedfishProvider(Provider):
             lock = self._client_locks.setdefault(key, threading.Lock())
         with lock:
             client = self._clients.get(key)
-            if client is None:
+            if client is not None:
+                return client
+            failure = self._unreachable.get(key)
+            if failure is not None:
+                raise ProviderError(failure.code, str(failure))
+            try:
                 client = self._connect(target)
-                self._clients[key] = client
+            except sushy_exc.ConnectionError as exc:
+                self._unreachable[key] = translate(exc, target)
+                raise
+            self._clients[key] = client
             return client
 
     def _connect(self, target: Target) -> _Client:
@@ -395,7 +411,8 @@ class RedfishProvider(Provider):
         """:raises ProviderError: (code ``timeout``) the state did not come in power_timeout."""
         seconds = self.options.power_timeout
         if not await self._wait(target, system, want, seconds):
-            raise ProviderError(TIMEOUT, f"still {_state(system).value} {seconds:g} s after {what}; "
+            now = _state(system).value
+            raise ProviderError(TIMEOUT, f"still {now} {seconds:g} s after {what}; "
                                 "raise power_timeout if this machine is slow")
 
 
@@ -429,8 +446,8 @@ def translate(exc: sushy_exc.SushyError, target: Target) -> ProviderError:
             return ProviderError(TIMEOUT, f"BMC {url} did not answer within read_timeout")
         return ProviderError(UNREACHABLE, f"cannot connect to BMC {url}")
     if isinstance(exc, sushy_exc.ResourceNotFoundError):
-        return ProviderError(CONFIG, f"BMC {url} has no system {target.system_path}; "
-                             "fix system_path or system_paths")
+        which = f"system {target.system_path}" if target.system_path else "such system"
+        return ProviderError(CONFIG, f"BMC {url} has no {which}; fix system_path or system_paths")
     if isinstance(exc, sushy_exc.UnknownDefaultError):
         return ProviderError(CONFIG, f"BMC {url} does not list exactly one system; set system_path")
     if isinstance(exc, sushy_exc.HTTPError):
@@ -464,7 +481,7 @@ def _url_problem(address: str) -> str | None:
     if parts.username or parts.password:
         return f"{shown!r} carries credentials; remove them and use username and password_file"
     if parts.path.strip("/") or parts.query:
-        return f"{shown!r} has a path; give only scheme, host and port (set system_path for the rest)"
+        return f"{shown!r} has a path; give only scheme, host and port (and set system_path)"
     return None
 
 

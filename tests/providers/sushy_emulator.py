@@ -84,7 +84,8 @@ class SushyEmulator:
                 return self
             time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"sushy-emulator did not answer in {timeout} s: {self.log_file.read_text()[-2000:]}")
+        tail = self.log_file.read_text()[-2000:]
+        raise RuntimeError(f"sushy-emulator did not answer in {timeout} s: {tail}")
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -112,7 +113,8 @@ class SushyEmulator:
 
     def get(self, path: str, user: str, password: str) -> Any:
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
-        request = urllib.request.Request(self.url + path, headers={"Authorization": f"Basic {token}"})
+        headers = {"Authorization": f"Basic {token}"}
+        request = urllib.request.Request(self.url + path, headers=headers)
         with _opener().open(request, timeout=10) as response:
             return json.load(response)
 

@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
@@ -91,7 +92,8 @@ def make_provider(password_file: Path) -> Iterator[Callable[..., RedfishProvider
             "read_timeout": 5,
         }
         base.update(settings)
-        provider = RedfishProvider.from_settings("bmc", {k: v for k, v in base.items() if v is not None})
+        settings = {k: v for k, v in base.items() if v is not None}
+        provider = RedfishProvider.from_settings("bmc", settings)
         made.append(provider)
         return provider
 
@@ -229,7 +231,8 @@ def test_without_system_path_the_only_system_the_bmc_lists_is_used(start_emulato
     assert state(emulator, "bm1") == "On"
 
 
-def test_without_system_path_a_bmc_with_several_systems_is_a_config_failure(emulator, make_provider):
+def test_without_system_path_a_bmc_with_several_systems_is_a_config_failure(emulator,
+                                                                           make_provider):
     provider = make_provider(emulator.url, system_path=None)
 
     [outcome] = run(provider.power_on(nodes("bm1")))
@@ -274,15 +277,41 @@ def test_nothing_listening_is_unreachable(make_provider):
     assert [o.code for o in outcomes] == ["unreachable", "unreachable"]
 
 
-def test_a_bmc_that_accepts_but_never_answers_is_a_timeout(make_provider):
-    with socket.socket() as silent:  # listens, never accepts: connect works, no answer comes
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(16)
-        provider = make_provider(f"http://127.0.0.1:{silent.getsockname()[1]}", read_timeout=0.5)
+class SilentBmc:
+    """Accepts connections and never answers; counts the connections it was offered."""
 
-        [outcome] = run(provider.power_off(nodes("bm1")))
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        self.connections: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
 
-    assert outcome.code == "timeout" and "read_timeout" in outcome.message
+    def _accept(self) -> None:
+        while True:
+            try:
+                self.connections.append(self.server.accept()[0])
+            except OSError:  # closed
+                return
+
+    def close(self) -> None:
+        self.server.close()
+        for connection in self.connections:
+            connection.close()
+
+
+def test_a_bmc_that_never_answers_is_a_timeout_tried_once_per_call_for_all_its_nodes(make_provider):
+    silent = SilentBmc()
+    try:
+        provider = make_provider(silent.url, read_timeout=0.5)
+
+        outcomes = run(provider.power_off(nodes("bm1", "bm2", "bm3")))
+        connections = len(silent.connections)
+    finally:
+        silent.close()
+
+    assert [o.code for o in outcomes] == ["timeout"] * 3
+    assert "read_timeout" in outcomes[0].message
+    assert connections == 1  # bm2 and bm3 did not each wait out read_timeout again
 
 
 def test_power_on_the_bmc_never_carries_out_is_a_timeout(start_emulator, make_provider):
@@ -353,6 +382,7 @@ def _self_signed(directory: Path, name: str) -> tuple[Path, Path]:
     from cryptography.x509.oid import NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
+    localhost = ipaddress.ip_address("127.0.0.1")
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (
@@ -360,15 +390,15 @@ def _self_signed(directory: Path, name: str) -> tuple[Path, Path]:
         .public_key(key.public_key()).serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                       critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(localhost)]), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
     directory.mkdir(parents=True, exist_ok=True)
     cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
     return cert_path, key_path
 
@@ -391,7 +421,8 @@ def test_ca_file_is_trusted_whatever_requests_ca_bundle_says(tls_emulator, make_
     assert tls_emulator.reset_types() == ["On"]
 
 
-def test_verify_does_not_take_trust_from_requests_ca_bundle(tls_emulator, make_provider, monkeypatch):
+def test_verify_does_not_take_trust_from_requests_ca_bundle(tls_emulator, make_provider,
+                                                            monkeypatch):
     # requests would let this variable replace verify=True; the provider must not
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls_emulator.tls[0]))
     provider = make_provider(tls_emulator.url)
@@ -442,7 +473,8 @@ def test_every_settings_problem_is_reported_at_once():
     text = _problems({"auth": "kerberos", "soft_off_timeout": -1, "colour": "blue"})
 
     for fragment in ("providers.bmc.address: missing", "providers.bmc.username: missing",
-                     "providers.bmc.password_file: missing", "providers.bmc.auth: 'kerberos' is not one",
+                     "providers.bmc.password_file: missing",
+                     "providers.bmc.auth: 'kerberos' is not one",
                      "providers.bmc.soft_off_timeout: must be at least 0",
                      "providers.bmc.colour: unknown setting"):
         assert fragment in text
@@ -451,9 +483,9 @@ def test_every_settings_problem_is_reported_at_once():
 @pytest.mark.parametrize(
     ("changes", "fragment"),
     [
-        ({"address": "ftp://{node}-bmc"}, "providers.bmc.address: 'ftp://node1-bmc' is not an http(s) URL"),
+        ({"address": "ftp://{node}-bmc"}, "address: 'ftp://node1-bmc' is not an http(s) URL"),
         ({"address": "https://{node}-bmc/redfish/v1"}, "has a path"),
-        ({"address": "https://{rack}-bmc"}, "providers.bmc.address: 'https://{rack}-bmc' is not a valid"),
+        ({"address": "https://{rack}-bmc"}, "address: 'https://{rack}-bmc' is not a valid"),
         ({"system_path": "Systems/1"}, "providers.bmc.system_path: 'Systems/1' must be a path"),
         ({"system_path": "/redfish/v1/Systems/{serial}"}, "only {node} may be used"),
         ({"system_paths": {"bm1": 7}}, "providers.bmc.system_paths.bm1: 7 must be a path"),
