@@ -401,7 +401,7 @@ class RedfishProvider(Provider):
         while True:
             await asyncio.sleep(min(self.options.poll_interval, deadline.remaining()))
             await self._call(target, system.refresh)
-            log.debug("%s: power state %s", target.node, system.power_state)
+            log.debug("%s: power state %s", target.node, _state(system).value)
             if _state(system) is want:
                 return True
             if deadline.expired():
