@@ -190,9 +190,14 @@ class IpmiSimFarm:
         self.script.write_text(CHASSIS_SCRIPT)
         self.script.chmod(0o755)
 
-    def start(self, nodes: Sequence[str], on: bool = False, timeout: float = 10.0) -> list[SimBmc]:
-        """Start one BMC per node, wait until all answer a ping; ``on`` = powered on."""
-        new = [self._spawn(node, port, on) for node, port in zip(nodes, free_udp_ports(len(nodes)))]
+    def start(self, nodes: Sequence[str], on: bool = False, timeout: float = 10.0,
+              ports: Optional[Sequence[int]] = None) -> list[SimBmc]:
+        """Start one BMC per node, wait until all answer a ping; ``on`` = powered on.
+
+        ``ports``: the UDP port of each node's BMC; free ones are chosen when not given.
+        """
+        chosen = list(ports) if ports is not None else free_udp_ports(len(nodes))
+        new = [self._spawn(node, port, on) for node, port in zip(nodes, chosen)]
         self._wait_ready(new, timeout)
         return new
 
