@@ -160,9 +160,10 @@ class Runner:
     def _report_failures(self, result: Result) -> None:
         verb = "start" if result.action in POWERING_UP else "stop"
         for reason, names in outcomes_by_reason(result.failed).items():
+            # comment first: once its node is DOWN a job may end, and then it takes no comment
+            self._comment_jobs(names, f"citc-power: could not {verb} node(s) {hostlist.collapse(names)}: {reason}")
             if self._tell(result, names, lambda: self.slurm.set_down(names, reason)):
                 log.info("%s: set DOWN with reason %r", hostlist.collapse(names), reason)
-            self._comment_jobs(names, f"citc-power: could not {verb} node(s) {hostlist.collapse(names)}: {reason}")
 
     def _comment_jobs(self, names: Sequence[str], text: str) -> None:
         job_ids = sorted({j for n in names for j in self.jobs.get(n, [])})
