@@ -82,6 +82,9 @@ _NAME_BAD = re.compile(r"[\[\],\x00-\x20\x7f]")
 _DIGITS = "0123456789"
 
 
+_THREE_DIGITS = [f"{i:03d}" for i in range(1000)]
+
+
 class _Range(NamedTuple):
     lo: int
     hi: int
@@ -115,10 +118,8 @@ def expand(expr: str) -> list[str]:
         return _expand_plain(expr, text)
     items = [_parse_item(expr, item) for item in _items(expr, text)]
     _check_total(expr, sum(item.size for item in items))
-    names: list[str] = []
-    for item in items:
-        _generate(item, names)
-    return names
+    # The names are made as one text and split once: much faster than list appends.
+    return "\n".join([_names_text(item) for item in items]).split("\n")
 
 
 def _expand_plain(expr: str, text: str) -> list[str]:
@@ -208,17 +209,16 @@ def _parse_item(expr: str, item: str) -> _Item:
     return _Item(texts, ranges, count)
 
 
-def _generate(item: _Item, out: list[str]) -> None:
-    """Append the names of a parsed item to ``out``."""
+def _names_text(item: _Item) -> str:
+    """The names of a parsed item, one per line."""
     if not item.groups:
-        out.append(item.texts[0])
-        return
+        return item.texts[0]
     leading = [_numbers(group_ranges) for group_ranges in item.groups[:-1]]
-    for prefix in _prefixes(item.texts, leading):
-        escaped = prefix.replace("%", "%%")
-        for lo, hi, width in item.groups[-1]:
-            # one C-level loop per range: the name format applied to each number
-            out.extend(map(f"{escaped}%0{width}d".__mod__, range(lo, hi + 1)))
+    prefixes = _prefixes(item.texts, leading)
+    if len(prefixes) == 1:
+        return _numbers_text(item.groups[-1], prefixes[0])
+    suffixes = _numbers(item.groups[-1])
+    return "\n".join([prefix + ("\n" + prefix).join(suffixes) for prefix in prefixes])
 
 
 def _check_total(expr: str, total: int) -> None:
@@ -262,11 +262,38 @@ def _parse_group(expr: str, item: str, group: str) -> list[_Range]:
 
 
 def _numbers(ranges: Sequence[_Range]) -> list[str]:
-    """The number strings of a group, each padded to the width of its range's low end."""
-    numbers: list[str] = []
+    """The numbers of a group, each padded to the width of its range's low end."""
+    return _numbers_text(ranges, "").split("\n")
+
+
+def _numbers_text(ranges: Sequence[_Range], prefix: str) -> str:
+    """``prefix`` + each number of a group, one per line, padded as Slurm pads them."""
+    pieces = []
     for lo, hi, width in ranges:
-        numbers.extend(map(("%0" + str(width) + "d").__mod__, range(lo, hi + 1)))
-    return numbers
+        number = lo
+        while number <= hi:
+            # numbers printed with the same length: the padded ones, then each longer decade
+            length = max(width, len(str(number)))
+            end = min(hi, 10**length - 1)
+            pieces.append(_same_length(prefix, number, end, length))
+            number = end + 1
+    return "\n".join(pieces)
+
+
+def _same_length(prefix: str, first: int, last: int, length: int) -> str:
+    """``prefix`` + first..last, one per line, each printed with ``length`` digits."""
+    if length <= 3 or last - first < 1000:
+        name = f"{prefix.replace('%', '%%')}%0{length}d"
+        return "\n".join(map(name.__mod__, range(first, last + 1)))
+    # Blocks of a thousand: the leading digits once per block joined to the three last digits
+    # from a ready list, all in C: three times faster than formatting each number.
+    blocks = []
+    for block in range(first // 1000, last // 1000 + 1):
+        head = f"{prefix}{block:0{length - 3}d}"
+        start = first - block * 1000 if block == first // 1000 else 0
+        stop = last - block * 1000 + 1 if block == last // 1000 else 1000
+        blocks.append(head + ("\n" + head).join(_THREE_DIGITS[start:stop]))
+    return "\n".join(blocks)
 
 
 def _prefixes(texts: Sequence[str], numbers: Sequence[list[str]]) -> list[str]:

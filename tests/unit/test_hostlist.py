@@ -46,6 +46,17 @@ def test_expand_pads_to_the_width_of_the_low_end_only() -> None:
     assert expand("cn[00]") == ["cn00"]
 
 
+@pytest.mark.parametrize(
+    ("low", "high"),
+    [("1", "100000"), ("0995", "12345"), ("995", "12345"), ("99999", "101000"), ("0", "2999"),
+     ("000001", "100000"), ("1000", "1000"), ("998", "2001"), ("00999", "03001")],
+)
+def test_expand_long_ranges_print_each_number_padded_to_the_low_width(low: str, high: str) -> None:
+    width, lo, hi = len(low), int(low), int(high)
+    assert expand(f"n[{low}-{high}]") == [f"n{i:0{width}d}" for i in range(lo, hi + 1)]
+    assert expand(f"r[1-2]n[{low}-{high}]")[hi - lo + 1] == f"r2n{low}"
+
+
 def test_expand_two_groups_vary_the_first_slowest() -> None:
     assert expand("rack[1-2]-n[01-02]") == ["rack1-n01", "rack1-n02", "rack2-n01", "rack2-n02"]
     assert expand("cn[1-2][3-4]") == ["cn13", "cn14", "cn23", "cn24"]
