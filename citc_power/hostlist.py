@@ -4,7 +4,8 @@ Results are those of ``scontrol show hostnames`` and ``scontrol show hostlist`` 
 for every expression Slurm accepts and this module does not refuse (see "Refused" below).
 
 Syntax
-    An expression is a list of items separated by commas and/or whitespace. An item is a plain
+    An expression is a list of items separated by a comma, blanks, tabs or line ends (or a
+    comma with blanks around it). An item is a plain
     name (``login1``) or a name with bracket groups (``cn[01-04,07]``, ``rack[1-2]-n[01-04]``).
     A group holds comma-separated numbers and ``LOW-HIGH`` ranges.
 
@@ -26,11 +27,14 @@ How Slurm 22.05 behaves, and so does this module
       ``cn[9-10]`` and ``cn99,cn100`` gives ``cn[99-100]``, but ``a1,a01`` gives ``a[1,01]`` and
       ``cn9,cn010`` gives ``cn[9,010]``.
 
-Refused (HostlistError), where Slurm 22.05 guesses or silently drops names
-    empty elements (``a,,b``, a leading or trailing comma), unbalanced or nested brackets
-    (``cn[1-3``, ``cn1]``, ``cn[[1]]``), empty or malformed groups (``cn[]``, ``cn[1,]``,
-    ``cn[a-b]``, ``cn[1-]``, ``cn[ 1]``), reversed ranges (``cn[3-1]``), numbers above
-    2**64 - 2, control characters, and expressions of more than :data:`MAX_NAMES` names.
+Refused (HostlistError, one line naming the expression and the fault)
+    What Slurm 22.05 refuses: empty or malformed groups (``cn[]``, ``cn[1,]``, ``cn[a-b]``),
+    reversed ranges (``cn[3-1]``), text after the last group, a ']' after a group. And what it
+    guesses at or drops silently: empty elements (``a,,b``, a leading or trailing comma; Slurm
+    skips them), an unclosed or stray bracket (``cn[1-3`` gives "cn]" in Slurm, ``cn1-3]`` a
+    name with a bracket in it), nested brackets, ``cn[1-]`` (Slurm: cn1), blanks or signs in a
+    group (``cn[ 1-2]``: Slurm pads to cn01 cn02), numbers above 2**64 - 2 (Slurm clamps them),
+    control characters, and expressions of more than :data:`MAX_NAMES` names.
 
 Deliberately more lenient than Slurm 22.05
     Slurm refuses one range of more than 65536 names (``n[1-100000]``) although its own
@@ -81,11 +85,13 @@ _TRAILING_NUMBER = re.compile(r"[0-9]+\Z")
 _NAME_BAD = re.compile(r"[\[\],\x00-\x20\x7f]")
 _DIGITS = "0123456789"
 
-
+# "000" to "999": long ranges are made a thousand names at a time from these.
 _THREE_DIGITS = [f"{i:03d}" for i in range(1000)]
 
 
 class _Range(NamedTuple):
+    """``lo``-``hi`` from a bracket group, printed zero-padded to ``width`` (Slurm's rule)."""
+
     lo: int
     hi: int
     width: int
@@ -242,9 +248,9 @@ def _parse_group(expr: str, item: str, group: str) -> list[_Range]:
         raise _fail(expr, f"empty brackets '[]' in {item!r}")
     ranges = []
     for part in group.split(","):
-        match = _RANGE.fullmatch(part)
         if not part:
             raise _fail(expr, f"empty range in '[{group}]' (a comma too many?)")
+        match = _RANGE.fullmatch(part)
         if not match:
             raise _fail(
                 expr,

@@ -232,6 +232,8 @@ COLLAPSE_QUIRKS = [
     "cn3,cn1,cn2", "cn1,cn1,cn2", "a1,a01", "a01,a1", "r1n1,r1n2,r2n1", "r1n1,r2n1,r1n2",
     "cn9,cn10,cn11", "cn99,cn100", "cn9,cn010", "cn010,cn9", "n0,n00,n000", "1,2,3", "a,b,a",
     "a,a1", "cn1,x,cn2", "cn1,cn2,x,cn3,cn4", "cn008,cn009,cn10", "cn08,cn09,cn10", "a1b,a2b",
+    # Slurm compares prefixes "naturally"; different digits in them must still not join
+    "r01n1,r1n2", "r1n1,r01n2", "a0b1,a00b2", "r10n1,r010n2,r010n3",
 ]
 
 
