@@ -6,6 +6,7 @@ and, as a baseline measured in the same run, the same batch one BMC at a time.
 
     python3 bench/ipmi_power.py [--nodes 64] [--concurrency 64]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,10 +30,15 @@ def make_provider(farm: IpmiSimFarm, root: Path, concurrency: int) -> IpmiProvid
     password = root / "ipmi.pw"
     password.write_text(farm.password)
     password.chmod(0o600)
-    return IpmiProvider.from_settings("bench", {
-        "type": "ipmi", "manifest": str(farm.manifest(root / "bmc.yaml", password)),
-        "concurrency": concurrency, "timeout": 2,
-    })
+    return IpmiProvider.from_settings(
+        "bench",
+        {
+            "type": "ipmi",
+            "manifest": str(farm.manifest(root / "bmc.yaml", password)),
+            "concurrency": concurrency,
+            "timeout": 2,
+        },
+    )
 
 
 def power_all_off(farm: IpmiSimFarm) -> None:
@@ -106,13 +112,17 @@ def main() -> int:
             wall, loaded, serial = asyncio.run(run())
         finally:
             farm.stop()
-    print(f"power on + verify, {args.nodes} BMCs in one batch, concurrency {args.concurrency}: "
-          f"wall {wall:.3f}s (goal <= {GOAL_SECONDS:.1f}s: {wall / GOAL_SECONDS:.2f} of it)")
+    print(
+        f"power on + verify, {args.nodes} BMCs in one batch, concurrency {args.concurrency}: "
+        f"wall {wall:.3f}s (goal <= {GOAL_SECONDS:.1f}s: {wall / GOAL_SECONDS:.2f} of it)"
+    )
     print(f"per-call latency, one BMC at a time: {figures(serial)}")
     print(f"per-call latency, all {args.nodes} calls at once: {figures(loaded)}")
     baseline = sum(serial)
-    print(f"baseline, the {args.nodes} calls one after the other: {baseline:.3f}s "
-          f"({baseline / wall:.1f}x the batch wall time)")
+    print(
+        f"baseline, the {args.nodes} calls one after the other: {baseline:.3f}s "
+        f"({baseline / wall:.1f}x the batch wall time)"
+    )
     return 0 if wall <= GOAL_SECONDS else 1
 
 

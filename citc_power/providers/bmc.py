@@ -17,6 +17,7 @@ Lookup order for a node: manifest entry, then ``addresses``, then the ``address`
 Nothing here talks to a BMC: only the manifest and the password files' modes are looked at.
 Passwords are read when first needed and never appear in a repr, a log line or an exception.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,7 +49,9 @@ _ENTRY_KEYS = ("address", "port", "username", "password_file", "node_address")
 class Secret:
     """A password from a file (read on first use) or an environment variable; never shown."""
 
-    def __init__(self, path: Optional[Path] = None, env: Optional[str] = None, value: Optional[str] = None):
+    def __init__(
+        self, path: Optional[Path] = None, env: Optional[str] = None, value: Optional[str] = None
+    ):
         self.path = path
         self.env = env
         self._value = value
@@ -115,7 +118,9 @@ class BmcDirectory:
         self._node_address = node_address  # None, a str template or a {node: address} map
 
     @classmethod
-    def read(cls, s: SettingsReader, default_port: int, template_needs_node: bool = True) -> "BmcDirectory":
+    def read(
+        cls, s: SettingsReader, default_port: int, template_needs_node: bool = True
+    ) -> "BmcDirectory":
         """Read the BMC settings from ``s``, recording every problem in it (no BMC traffic).
 
         ``template_needs_node``: an ``address`` without ``{node}`` is refused (every node would
@@ -133,15 +138,24 @@ class BmcDirectory:
             entries.update(_read_manifest(s, manifest))
         node_address = _read_node_address(s)
         if template is None and not entries:
-            s.problem("address", "missing; set a template such as '{node}-ipmi', or addresses, or manifest")
+            s.problem(
+                "address",
+                "missing; set a template such as '{node}-ipmi', or addresses, or manifest",
+            )
         no_user = sorted(n for n, e in entries.items() if e.username is None)
         if username is None and (template is not None or no_user or not entries):
             why = f", and node {no_user[0]} has no username of its own" if no_user else ""
             s.problem("username", f"missing{why}; set the BMC user name")
         no_password = sorted(n for n, e in entries.items() if e.password is None)
         if password is None and (template is not None or no_password or not entries):
-            why = f", and node {no_password[0]} has no password_file of its own" if no_password else ""
-            s.problem("password_file", f"missing{why}; set password_file (mode 0600) or password_env")
+            why = (
+                f", and node {no_password[0]} has no password_file of its own"
+                if no_password
+                else ""
+            )
+            s.problem(
+                "password_file", f"missing{why}; set password_file (mode 0600) or password_env"
+            )
         return cls(template, entries, port or default_port, username, password, node_address)
 
     def endpoint(self, node: str) -> BmcEndpoint:
@@ -152,12 +166,16 @@ class BmcDirectory:
         entry = self.entries.get(node)
         if entry is None:
             if self.template is None:
-                raise ProviderError(CONFIG, f"no BMC address for {node}; add it to addresses or the manifest")
+                raise ProviderError(
+                    CONFIG, f"no BMC address for {node}; add it to addresses or the manifest"
+                )
             entry = _Entry(address=self.template.format(node=node))
         username = entry.username or self.username
         password = entry.password or self.password
         if username is None or password is None:
-            raise ProviderError(CONFIG, f"no BMC credentials for {node}; set username and password_file")
+            raise ProviderError(
+                CONFIG, f"no BMC credentials for {node}; set username and password_file"
+            )
         return BmcEndpoint(node, entry.address, entry.port or self.port, username, password)
 
     def node_address(self, node: str) -> Optional[str]:
@@ -180,8 +198,11 @@ def _check_template(s: SettingsReader, key: str, template: str, needs_node: bool
         s.problem(key, f"{template!r} is not a valid template ({exc!r}); only {{node}} may be used")
         return
     if needs_node and "{node}" not in template:
-        s.problem(key, f"{template!r} has no {{node}}, so every node would use one BMC; "
-                  "use a template like '{node}-ipmi', or addresses/manifest")
+        s.problem(
+            key,
+            f"{template!r} has no {{node}}, so every node would use one BMC; "
+            "use a template like '{node}-ipmi', or addresses/manifest",
+        )
 
 
 def _read_password(s: SettingsReader) -> Optional[Secret]:
@@ -228,7 +249,9 @@ def _read_manifest(s: SettingsReader, path: Path) -> dict[str, _Entry]:
         s.problems.append(f"{where}:{line} is not valid YAML; fix the syntax")
         return {}
     if not isinstance(data, Mapping):
-        s.problems.append(f"{where}: must be a mapping of node: {{address, port, username, password_file}}")
+        s.problems.append(
+            f"{where}: must be a mapping of node: {{address, port, username, password_file}}"
+        )
         return {}
     entries: dict[str, _Entry] = {}
     for node, value in data.items():
@@ -242,7 +265,11 @@ def _read_manifest(s: SettingsReader, path: Path) -> dict[str, _Entry]:
 
 
 def _parse_entry(
-    where: str, value: Mapping[str, Any], keys: tuple[str, ...], problems: list[str], base: Optional[Path]
+    where: str,
+    value: Mapping[str, Any],
+    keys: tuple[str, ...],
+    problems: list[str],
+    base: Optional[Path],
 ) -> Optional[_Entry]:
     start = len(problems)
     for key in sorted(set(value) - set(keys)):
@@ -251,7 +278,9 @@ def _parse_entry(
     if not isinstance(address, str) or not address:
         problems.append(f"{where}.address: missing; give the BMC host name or IP address")
     port = value.get("port")
-    if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536):
+    if port is not None and (
+        isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536
+    ):
         problems.append(f"{where}.port: must be a port number, not {port!r}")
     strings = {k: value.get(k) for k in ("username", "password_file", "node_address")}
     for key, text in strings.items():

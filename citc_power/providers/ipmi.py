@@ -9,10 +9,15 @@ shell and the password travels only inside the RAKP handshake, never in argv or 
   still on after that is ``stuck``.
 - reboot: power cycle; a node that is off is powered up.
 
+Retries belong to python-ipmi alone (``retries``: a request without answer within ``timeout`` is
+sent again); the provider adds none of its own, so a dead BMC costs at most
+``timeout x (retries + 1)`` per request, and an unanswered ping costs ``timeout``.
+
 Settings: see ``IpmiProvider.SETTINGS``. Example::
 
     bmc: {type: ipmi, address: "{node}-ipmi", username: admin, password_file: /etc/citc/ipmi.pw}
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -36,7 +41,7 @@ from pyipmi.errors import (
     NotSupportedError,
     RetryError,
 )
-from pyipmi.interfaces.rmcpplus import CIPHER_SUITES
+from pyipmi.interfaces.rmcpplus import CIPHER_SUITES, CONFIDENTIALITY_ALGO_NONE, aes_available
 from pyipmi.msgs import constants as ipmi_constants
 from pyipmi.msgs.chassis import (
     CONTROL_POWER_CYCLE,
@@ -81,21 +86,25 @@ IPMI_SETTINGS: dict[str, str] = {
 }
 
 # the BMC's answers to Open Session / RAKP that mean the credentials or the role are refused
-_AUTH_STATUS = frozenset({
-    ipmi_constants.MSC_INVALID_ROLE,
-    ipmi_constants.MSC_UNAUTHORIZED_ROLE,
-    ipmi_constants.MSC_INVALID_NAME_LENGTH,
-    ipmi_constants.MSC_UNAUTHORIZED_NAME,
-    ipmi_constants.MSC_INVALID_INTEGRITY_CHECK_VALUE,
-})
-_CIPHER_STATUS = frozenset({
-    ipmi_constants.MSC_INVALID_AUTHENTICATION_ALGORITHM,
-    ipmi_constants.MSC_INVALID_INTEGRITY_ALGORITHM,
-    ipmi_constants.MSC_NO_MATCHING_AUTHENTICATION_PAYLOAD,
-    ipmi_constants.MSC_NO_MATCHING_INTEGRITY_PAYLOAD,
-    ipmi_constants.MSC_INVALID_CONFIDENTIALITY_ALGORITHM,
-    ipmi_constants.MSC_NO_CIPHER_SUITE_MATCH,
-})
+_AUTH_STATUS = frozenset(
+    {
+        ipmi_constants.MSC_INVALID_ROLE,
+        ipmi_constants.MSC_UNAUTHORIZED_ROLE,
+        ipmi_constants.MSC_INVALID_NAME_LENGTH,
+        ipmi_constants.MSC_UNAUTHORIZED_NAME,
+        ipmi_constants.MSC_INVALID_INTEGRITY_CHECK_VALUE,
+    }
+)
+_CIPHER_STATUS = frozenset(
+    {
+        ipmi_constants.MSC_INVALID_AUTHENTICATION_ALGORITHM,
+        ipmi_constants.MSC_INVALID_INTEGRITY_ALGORITHM,
+        ipmi_constants.MSC_NO_MATCHING_AUTHENTICATION_PAYLOAD,
+        ipmi_constants.MSC_NO_MATCHING_INTEGRITY_PAYLOAD,
+        ipmi_constants.MSC_INVALID_CONFIDENTIALITY_ALGORITHM,
+        ipmi_constants.MSC_NO_CIPHER_SUITE_MATCH,
+    }
+)
 # failures after which the BMC is not worth a Close Session request
 _NO_ANSWER = (IpmiConnectionError, RetryError, TimeoutError, IpmiTimeoutError, OSError)
 
@@ -240,7 +249,9 @@ class IpmiProvider(Provider):
             return self._done(node, "already on")
         bmc.control(CONTROL_POWER_UP)
         if not bmc.wait_for(True, self.verify_timeout):
-            return Outcome.failure(node.name, TIMEOUT, f"still off {self.verify_timeout:g}s after power up")
+            return Outcome.failure(
+                node.name, TIMEOUT, f"still off {self.verify_timeout:g}s after power up"
+            )
         return self._done(node, "powered on")
 
     def _power_off(self, node: Node, bmc: _Bmc) -> Outcome:
@@ -261,12 +272,16 @@ class IpmiProvider(Provider):
             bmc.control(CONTROL_SOFT_SHUTDOWN)
         except CompletionCodeError as exc:
             # some BMCs have no soft shutdown, or refuse it in some states: go hard at once
-            log.info("%s: BMC refused soft shutdown (cc=0x%02x); powering off hard", node.name, exc.cc)
+            log.info(
+                "%s: BMC refused soft shutdown (cc=0x%02x); powering off hard", node.name, exc.cc
+            )
             return False
         if bmc.wait_for(False, self.soft_off_timeout):
             return True
         log.warning(
-            "%s: still on %gs after soft shutdown; powering off hard", node.name, self.soft_off_timeout
+            "%s: still on %gs after soft shutdown; powering off hard",
+            node.name,
+            self.soft_off_timeout,
         )
         return False
 
@@ -278,7 +293,9 @@ class IpmiProvider(Provider):
             bmc.control(CONTROL_POWER_CYCLE)
             verb = "power cycled"
         if not bmc.wait_for(True, self.verify_timeout):
-            return Outcome.failure(node.name, TIMEOUT, f"still off {self.verify_timeout:g}s after {verb}")
+            return Outcome.failure(
+                node.name, TIMEOUT, f"still off {self.verify_timeout:g}s after {verb}"
+            )
         return self._done(node, verb)
 
     def _read_state(self, node: Node, bmc: _Bmc) -> Outcome:
@@ -331,7 +348,10 @@ class IpmiProvider(Provider):
         """An authenticated RMCP+ session with ``endpoint``, closed on the way out."""
         password = endpoint.password.reveal(f"BMC password of {endpoint.node}")
         interface = pyipmi.interfaces.create_interface(
-            "rmcpplus", cipher_suite=self.cipher_suites[0], keep_alive_interval=0, max_retries=self.retries
+            "rmcpplus",
+            cipher_suite=self.cipher_suites[0],
+            keep_alive_interval=0,
+            max_retries=self.retries,
         )
         # python-ipmi walks this list itself, moving on when the BMC refuses a suite
         interface.cipher_suites = self.cipher_suites
@@ -364,14 +384,17 @@ def _close(ipmi: pyipmi.Ipmi, interface: Any, endpoint: BmcEndpoint, answering: 
         interface.close()
 
 
-def classify(exc: BaseException, endpoint: Optional[BmcEndpoint], provider: IpmiProvider) -> tuple[str, str]:
+def classify(
+    exc: BaseException, endpoint: Optional[BmcEndpoint], provider: IpmiProvider
+) -> tuple[str, str]:
     """The outcome code and message for a python-ipmi or socket exception."""
     where = f"BMC {endpoint.where}" if endpoint is not None else "BMC"
     if isinstance(exc, (AuthenticationError, IpmiLongPasswordError)):
         return AUTH, f"{where} refused the credentials; check username and password"
     if isinstance(exc, MessageStatusCodeError):
         if exc.msc in _AUTH_STATUS:
-            return AUTH, f"{where} refused the session ({exc.msc_desc}); check username, password, privilege"
+            why = f"{where} refused the session ({exc.msc_desc})"
+            return AUTH, f"{why}; check username, password and privilege"
         if exc.msc in _CIPHER_STATUS:
             suites = ", ".join(map(str, provider.cipher_suites))
             return BMC_ERROR, f"{where} accepts none of cipher suites {suites}; set cipher_suite"
@@ -380,7 +403,10 @@ def classify(exc: BaseException, endpoint: Optional[BmcEndpoint], provider: Ipmi
         waited = provider.timeout * (provider.retries + 1)
         return TIMEOUT, f"{where} did not answer a request within {waited:g}s"
     if isinstance(exc, IpmiConnectionError):
-        return UNREACHABLE, f"{where} does not answer (no RMCP ping reply within {provider.timeout:g}s)"
+        return (
+            UNREACHABLE,
+            f"{where} does not answer (no RMCP ping reply within {provider.timeout:g}s)",
+        )
     if isinstance(exc, socket.gaierror):
         return UNREACHABLE, f"{where}: address cannot be resolved; check address/manifest"
     if isinstance(exc, OSError):
@@ -393,9 +419,13 @@ def classify(exc: BaseException, endpoint: Optional[BmcEndpoint], provider: Ipmi
 
 
 def _cipher_suites(s: SettingsReader, first: Any, fallback: Any) -> list[int]:
+    if fallback is None:
+        fallback = []
     if isinstance(fallback, int) and not isinstance(fallback, bool):
         fallback = [fallback]
-    if not isinstance(fallback, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in fallback):
+    if not isinstance(fallback, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in fallback
+    ):
         s.problem("fallback_cipher_suites", "must be a list of cipher suite numbers, e.g. [17]")
         fallback = []
     known = ", ".join(map(str, sorted(CIPHER_SUITES)))
@@ -406,6 +436,14 @@ def _cipher_suites(s: SettingsReader, first: Any, fallback: Any) -> list[int]:
             s.problem("fallback_cipher_suites", f"{suite} is not supported; use some of {known}")
     suites = [first if first in CIPHER_SUITES else 3]
     suites += [x for x in fallback if x in CIPHER_SUITES and x not in suites]
+    if not aes_available() and all(
+        CIPHER_SUITES[x].confidentiality != CONFIDENTIALITY_ALGO_NONE for x in suites
+    ):
+        s.problem(
+            "cipher_suite",
+            f"cipher suites {', '.join(map(str, suites))} encrypt with AES, which needs "
+            "the cryptography package; run: pip install 'citc-power[ipmi]'",
+        )
     return suites
 
 
@@ -426,9 +464,16 @@ def _log_outcome(
     node: Node, verb: str, outcome: Outcome, endpoint: Optional[BmcEndpoint], seconds: float
 ) -> None:
     where = endpoint.where if endpoint is not None else "-"
-    if outcome.ok:
+    if outcome.ok and verb == "power state":
+        log.debug("%s: power state: %s (BMC %s, %.2fs)", node.name, outcome.message, where, seconds)
+    elif outcome.ok:
         log.info("%s: %s: %s (BMC %s, %.2fs)", node.name, verb, outcome.message, where, seconds)
     else:
         log.warning(
-            "%s: %s failed [%s]: %s (%.2fs)", node.name, verb, outcome.code, outcome.message, seconds
+            "%s: %s failed [%s]: %s (%.2fs)",
+            node.name,
+            verb,
+            outcome.code,
+            outcome.message,
+            seconds,
         )

@@ -19,6 +19,7 @@ Files in each node's state dir steer the script: ``power`` (0/1), ``fail`` (ever
 ``hook`` (a command run as ``hook start|stop NODE`` when the power changes). Every call is
 appended to ``calls``.
 """
+
 from __future__ import annotations
 
 import os
@@ -178,8 +179,13 @@ class SimBmc:
 class IpmiSimFarm:
     """Starts and stops a set of ipmi_sim BMCs under ``root``."""
 
-    def __init__(self, root: Path, username: str = "citc", password: str = "Pw-0fSimBmc",
-                 hook: Optional[Path] = None):
+    def __init__(
+        self,
+        root: Path,
+        username: str = "citc",
+        password: str = "Pw-0fSimBmc",
+        hook: Optional[Path] = None,
+    ):
         self.root = root
         self.username = username
         self.password = password
@@ -190,8 +196,13 @@ class IpmiSimFarm:
         self.script.write_text(CHASSIS_SCRIPT)
         self.script.chmod(0o755)
 
-    def start(self, nodes: Sequence[str], on: bool = False, timeout: float = 10.0,
-              ports: Optional[Sequence[int]] = None) -> list[SimBmc]:
+    def start(
+        self,
+        nodes: Sequence[str],
+        on: bool = False,
+        timeout: float = 10.0,
+        ports: Optional[Sequence[int]] = None,
+    ) -> list[SimBmc]:
         """Start one BMC per node, wait until all answer a ping; ``on`` = powered on.
 
         ``ports``: the UDP port of each node's BMC; free ones are chosen when not given.
@@ -211,14 +222,25 @@ class IpmiSimFarm:
         if self.hook is not None:
             (state / "hook").write_text(str(self.hook))
         conf = base / "lan.conf"
-        conf.write_text(LAN_CONF.format(name=node, port=port, script=self.script, state=state,
-                                        username=self.username, password=self.password))
+        conf.write_text(
+            LAN_CONF.format(
+                name=node,
+                port=port,
+                script=self.script,
+                state=state,
+                username=self.username,
+                password=self.password,
+            )
+        )
         emu = base / "bmc.emu"
         emu.write_text(EMU)
         with open(base / "ipmi_sim.log", "wb") as out:
             proc = subprocess.Popen(
                 ["ipmi_sim", "-c", str(conf), "-f", str(emu), "-s", str(base / "sim"), "-n"],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         bmc = SimBmc(node, port, state, proc)
         self.bmcs[node] = bmc
@@ -231,17 +253,25 @@ class IpmiSimFarm:
             for bmc in waiting:
                 if bmc.proc.poll() is not None:
                     log = (bmc.state.parent / "ipmi_sim.log").read_text(errors="replace")
-                    raise RuntimeError(f"ipmi_sim for {bmc.node} exited {bmc.proc.returncode}: {log}")
+                    raise RuntimeError(
+                        f"ipmi_sim for {bmc.node} exited {bmc.proc.returncode}: {log}"
+                    )
             waiting = [b for b in waiting if not answers_ping(b.port, 0.05)]
             if waiting and time.monotonic() > deadline:
                 raise RuntimeError(f"ipmi_sim not answering: {', '.join(b.node for b in waiting)}")
 
-    def manifest(self, path: Path, password_file: Path, nodes: Optional[Iterable[str]] = None) -> Path:
+    def manifest(
+        self, path: Path, password_file: Path, nodes: Optional[Iterable[str]] = None
+    ) -> Path:
         """Write a BMC manifest (node: address, port, username, password_file) for the farm."""
         names = list(nodes) if nodes is not None else list(self.bmcs)
         data = {
-            n: {"address": "127.0.0.1", "port": self.bmcs[n].port, "username": self.username,
-                "password_file": str(password_file)}
+            n: {
+                "address": "127.0.0.1",
+                "port": self.bmcs[n].port,
+                "username": self.username,
+                "password_file": str(password_file),
+            }
             for n in names
         }
         path.write_text(yaml.safe_dump(data))

@@ -1,4 +1,5 @@
 """The IPMI provider against real OpenIPMI ipmi_sim BMCs on 127.0.0.1 (python-ipmi, RMCP+)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -61,7 +62,9 @@ async def using(p: IpmiProvider, method: str, nodes: list[Node]) -> Any:
         await p.close()
 
 
-def test_sixteen_bmcs_power_on_off_and_cycle_concurrently(farm: IpmiSimFarm, password_file: Path) -> None:
+def test_sixteen_bmcs_power_on_off_and_cycle_concurrently(
+    farm: IpmiSimFarm, password_file: Path
+) -> None:
     bmcs = farm.start([f"bm{i:02d}" for i in range(16)])
     nodes = [Node(b.node) for b in bmcs]
     p = provider(farm, password_file, concurrency=16)
@@ -91,7 +94,7 @@ def test_sixteen_bmcs_power_on_off_and_cycle_concurrently(farm: IpmiSimFarm, pas
 
 
 def since_last(calls: list[str], marker: str) -> list[str]:
-    return calls[len(calls) - calls[::-1].index(marker):]
+    return calls[len(calls) - calls[::-1].index(marker) :]
 
 
 def test_power_off_waits_for_soft_shutdown_before_powering_off_hard(
@@ -105,7 +108,10 @@ def test_power_off_waits_for_soft_shutdown_before_powering_off_hard(
     started = time.monotonic()
     outcomes = run(using(p, "power_off", [Node("deaf"), Node("slow")]))
 
-    assert [(o.ok, o.message) for o in outcomes] == [(True, "powered off (hard)"), (True, "shut down")]
+    assert [(o.ok, o.message) for o in outcomes] == [
+        (True, "powered off (hard)"),
+        (True, "shut down"),
+    ]
     assert time.monotonic() - started >= 1.5  # the deaf node was given its soft_off_timeout
     deaf_calls = ignores.calls()
     assert deaf_calls.index("set shutdown 1") < deaf_calls.index("set power 0")
@@ -130,7 +136,9 @@ def test_many_nodes_ignoring_soft_shutdown_are_powered_off_in_parallel(
     assert elapsed < 8, f"16 x 1 s soft-off waits took {elapsed:.1f}s: not concurrent"
 
 
-def test_node_still_on_after_hard_power_off_is_stuck(farm: IpmiSimFarm, password_file: Path) -> None:
+def test_node_still_on_after_hard_power_off_is_stuck(
+    farm: IpmiSimFarm, password_file: Path
+) -> None:
     (bmc,) = farm.start(["wedged"], on=True)
     bmc.inject("ignore_soft")
     bmc.inject("stuck")
@@ -143,7 +151,9 @@ def test_node_still_on_after_hard_power_off_is_stuck(farm: IpmiSimFarm, password
     assert bmc.calls().count("set power 0") == 1
 
 
-def test_soft_off_timeout_zero_powers_off_hard_at_once(farm: IpmiSimFarm, password_file: Path) -> None:
+def test_soft_off_timeout_zero_powers_off_hard_at_once(
+    farm: IpmiSimFarm, password_file: Path
+) -> None:
     (bmc,) = farm.start(["quick"], on=True)
     p = provider(farm, password_file, soft_off_timeout=0)
 
@@ -153,7 +163,9 @@ def test_soft_off_timeout_zero_powers_off_hard_at_once(farm: IpmiSimFarm, passwo
     assert "set shutdown 1" not in bmc.calls() and bmc.power == 0
 
 
-def test_power_on_of_node_already_on_succeeds_without_switching(farm: IpmiSimFarm, password_file: Path) -> None:
+def test_power_on_of_node_already_on_succeeds_without_switching(
+    farm: IpmiSimFarm, password_file: Path
+) -> None:
     (bmc,) = farm.start(["up"], on=True)
     p = provider(farm, password_file)
 
@@ -170,7 +182,9 @@ def test_power_off_of_node_already_off_succeeds(farm: IpmiSimFarm, password_file
     assert not [c for c in bmc.calls() if c.startswith("set")]
 
 
-def test_reported_address_is_node_address_setting_else_none(farm: IpmiSimFarm, password_file: Path) -> None:
+def test_reported_address_is_node_address_setting_else_none(
+    farm: IpmiSimFarm, password_file: Path
+) -> None:
     farm.start(["a1", "a2"])
     fixed = provider(farm, password_file, node_address="127.0.0.1")
     mapped = provider(farm, password_file, node_address={"a1": "10.9.0.1"})
@@ -182,12 +196,20 @@ def test_reported_address_is_node_address_setting_else_none(farm: IpmiSimFarm, p
     assert [o.address for o in with_map] == ["10.9.0.1", None]
 
 
-def test_addresses_map_with_ports_and_shared_credentials(farm: IpmiSimFarm, password_file: Path) -> None:
+def test_addresses_map_with_ports_and_shared_credentials(
+    farm: IpmiSimFarm, password_file: Path
+) -> None:
     (bmc,) = farm.start(["m1"])
-    p = IpmiProvider.from_settings("bmc", {
-        "type": "ipmi", "addresses": farm.addresses(), "username": farm.username,
-        "password_file": str(password_file), "timeout": 2,
-    })
+    p = IpmiProvider.from_settings(
+        "bmc",
+        {
+            "type": "ipmi",
+            "addresses": farm.addresses(),
+            "username": farm.username,
+            "password_file": str(password_file),
+            "timeout": 2,
+        },
+    )
     (outcome,) = run(using(p, "power_on", [Node("m1")]))
     assert outcome.ok and bmc.power == 1
 
@@ -200,10 +222,16 @@ def test_refused_credentials_are_auth_failures(
     wrong = tmp_path / "wrong.pw"
     wrong.write_text("not-the-password" if who == "wrong password" else farm.password)
     wrong.chmod(0o600)
-    p = IpmiProvider.from_settings("bmc", {
-        "type": "ipmi", "addresses": farm.addresses(), "password_file": str(wrong), "timeout": 2,
-        "username": farm.username if who == "wrong password" else "nobody",
-    })
+    p = IpmiProvider.from_settings(
+        "bmc",
+        {
+            "type": "ipmi",
+            "addresses": farm.addresses(),
+            "password_file": str(wrong),
+            "timeout": 2,
+            "username": farm.username if who == "wrong password" else "nobody",
+        },
+    )
 
     (outcome,) = run(using(p, "power_on", [Node("locked")]))
 
@@ -219,11 +247,20 @@ def test_nothing_listening_is_unreachable_within_timeout(tmp_path: Path) -> None
     pw = tmp_path / "pw"
     pw.write_text("whatever")
     pw.chmod(0o600)
-    p = IpmiProvider.from_settings("bmc", {
-        "type": "ipmi", "username": "u", "password_file": str(pw), "timeout": 0.5, "retries": 1,
-        "addresses": {"closed": {"address": "127.0.0.1", "port": closed_port},
-                      "silent": {"address": "127.0.0.1", "port": silent_port}},
-    })
+    p = IpmiProvider.from_settings(
+        "bmc",
+        {
+            "type": "ipmi",
+            "username": "u",
+            "password_file": str(pw),
+            "timeout": 0.5,
+            "retries": 1,
+            "addresses": {
+                "closed": {"address": "127.0.0.1", "port": closed_port},
+                "silent": {"address": "127.0.0.1", "port": silent_port},
+            },
+        },
+    )
     try:
         started = time.monotonic()
         outcomes = run(using(p, "power_on", [Node("closed"), Node("silent")]))
@@ -268,7 +305,9 @@ def test_unreadable_state_is_unknown(farm: IpmiSimFarm, password_file: Path) -> 
     assert states == {"bad": PowerState.UNKNOWN, "good": PowerState.ON}
 
 
-def test_cipher_suite_falls_back_when_the_bmc_refuses_the_first(farm: IpmiSimFarm, password_file: Path) -> None:
+def test_cipher_suite_falls_back_when_the_bmc_refuses_the_first(
+    farm: IpmiSimFarm, password_file: Path
+) -> None:
     farm.start(["c1"])
     # ipmi_sim has no SHA-256 suites, so 17 is refused and 3 is used
     fallback = provider(farm, password_file, cipher_suite=17, fallback_cipher_suites=[3])
@@ -281,7 +320,9 @@ def test_cipher_suite_falls_back_when_the_bmc_refuses_the_first(farm: IpmiSimFar
     assert not refused.ok and refused.code == BMC_ERROR and "cipher suites 17" in refused.message
 
 
-def test_node_without_address_fails_alone_with_config(farm: IpmiSimFarm, password_file: Path) -> None:
+def test_node_without_address_fails_alone_with_config(
+    farm: IpmiSimFarm, password_file: Path
+) -> None:
     farm.start(["known"])
     p = provider(farm, password_file)
     outcomes = run(using(p, "power_on", [Node("unknown"), Node("known")]))
@@ -290,7 +331,10 @@ def test_node_without_address_fails_alone_with_config(farm: IpmiSimFarm, passwor
 
 
 def test_password_is_never_in_argv_logs_or_messages(
-    farm: IpmiSimFarm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    farm: IpmiSimFarm,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     bmcs = farm.start(["s1", "s2", "s3", "s4"], on=True)
     bmcs[0].inject("ignore_soft")
@@ -299,10 +343,17 @@ def test_password_is_never_in_argv_logs_or_messages(
     monkeypatch.setenv("CITC_TEST_IPMI_PASSWORD", password)
     caplog.set_level(logging.DEBUG)
     caplog.set_level(logging.DEBUG, logger="pyipmi")
-    p = IpmiProvider.from_settings("bmc", {
-        "type": "ipmi", "addresses": farm.addresses(), "username": farm.username,
-        "password_env": "CITC_TEST_IPMI_PASSWORD", "timeout": 1, "soft_off_timeout": 1,
-    })
+    p = IpmiProvider.from_settings(
+        "bmc",
+        {
+            "type": "ipmi",
+            "addresses": farm.addresses(),
+            "username": farm.username,
+            "password_env": "CITC_TEST_IPMI_PASSWORD",
+            "timeout": 1,
+            "soft_off_timeout": 1,
+        },
+    )
     assert "CITC_TEST_IPMI_PASSWORD" not in os.environ  # taken out once read
 
     seen: list[str] = []
@@ -350,8 +401,10 @@ def test_password_file_readable_by_others_is_refused(tmp_path: Path) -> None:
     pw.write_text("secret")
     pw.chmod(0o644)
     with pytest.raises(ConfigError) as err:
-        IpmiProvider.from_settings("bmc", {"type": "ipmi", "address": "{node}-ipmi", "username": "u",
-                                           "password_file": str(pw)})
+        IpmiProvider.from_settings(
+            "bmc",
+            {"type": "ipmi", "address": "{node}-ipmi", "username": "u", "password_file": str(pw)},
+        )
     assert err.value.problems == [
         f"providers.bmc.password_file: {pw} is readable by group or others; run: chmod 600 {pw}"
     ]
@@ -362,8 +415,16 @@ def test_missing_address_and_unknown_key_are_all_reported(tmp_path: Path) -> Non
     pw.write_text("secret")
     pw.chmod(0o600)
     with pytest.raises(ConfigError) as err:
-        IpmiProvider.from_settings("bmc", {"type": "ipmi", "username": "u", "password_file": str(pw),
-                                           "adress": "{node}-ipmi", "cipher_suite": 4})
+        IpmiProvider.from_settings(
+            "bmc",
+            {
+                "type": "ipmi",
+                "username": "u",
+                "password_file": str(pw),
+                "adress": "{node}-ipmi",
+                "cipher_suite": 4,
+            },
+        )
     problems = "\n".join(err.value.problems)
     assert "providers.bmc.address: missing; set a template such as '{node}-ipmi'" in problems
     assert "providers.bmc.adress: unknown setting; known ones are" in problems
@@ -373,11 +434,21 @@ def test_missing_address_and_unknown_key_are_all_reported(tmp_path: Path) -> Non
 
 def test_address_template_without_node_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
-        IpmiProvider.from_settings("bmc", {"type": "ipmi", "address": "bmc.example", "username": "u",
-                                           "password_env": "CITC_TEST_NOT_SET_ANYWHERE"})
+        IpmiProvider.from_settings(
+            "bmc",
+            {
+                "type": "ipmi",
+                "address": "bmc.example",
+                "username": "u",
+                "password_env": "CITC_TEST_NOT_SET_ANYWHERE",
+            },
+        )
     problems = "\n".join(err.value.problems)
     assert "providers.bmc.address: 'bmc.example' has no {node}" in problems
-    assert "providers.bmc.password_env: environment variable CITC_TEST_NOT_SET_ANYWHERE is not set" in problems
+    assert (
+        "providers.bmc.password_env: environment variable CITC_TEST_NOT_SET_ANYWHERE is not set"
+        in problems
+    )
 
 
 def test_bad_manifest_entries_are_named(tmp_path: Path) -> None:
@@ -391,8 +462,15 @@ def test_bad_manifest_entries_are_named(tmp_path: Path) -> None:
         f"bm3: {{address: 10.0.0.3, password_file: {pw.name}}}\n"
     )
     with pytest.raises(ConfigError) as err:
-        IpmiProvider.from_settings("bmc", {"type": "ipmi", "manifest": str(manifest), "username": "u",
-                                           "password_env": "CITC_TEST_NOT_SET_ANYWHERE"})
+        IpmiProvider.from_settings(
+            "bmc",
+            {
+                "type": "ipmi",
+                "manifest": str(manifest),
+                "username": "u",
+                "password_env": "CITC_TEST_NOT_SET_ANYWHERE",
+            },
+        )
     problems = "\n".join(err.value.problems)
     assert f"{manifest}: bm1.port: must be a port number, not 70000" in problems
     assert f"{manifest}: bm2.address: missing" in problems
