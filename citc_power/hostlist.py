@@ -38,8 +38,9 @@ Refused (HostlistError, one line naming the expression and the fault)
 
 Deliberately more lenient than Slurm 22.05
     Slurm refuses one range of more than 65536 names (``n[1-100000]``) although its own
-    ``show hostlist`` writes such ranges for long runs of names, and with three or more groups
-    it silently truncates a group of more than 65536 names. Here the only bound is
+    ``show hostlist`` writes such ranges for long runs of names; it refuses a leading group of
+    more than 65536 names (``a[1-65536,1]b[1]``), and with three or more groups silently
+    truncates one (``a[1-40000,1-40000]b[1]c[1]`` gives 40000 names). Here the only bound is
     :data:`MAX_NAMES` for the whole expression, so ``expand(collapse(names)) == names`` holds
     for any list of up to :data:`MAX_NAMES` valid names.
 """

@@ -280,6 +280,16 @@ def test_slurm_refuses_long_ranges_that_we_accept(slurm_env: dict[str, str]) -> 
     assert len(expand("n[1-65537]")) == 65537
 
 
+def test_slurm_refuses_or_truncates_big_leading_groups_that_we_expand(
+    slurm_env: dict[str, str],
+) -> None:
+    assert "Invalid hostlist" in scontrol_argv(slurm_env, "hostnames", "a[1-65536,1]b[1]").stderr
+    assert len(expand("a[1-65536,1]b[1]")) == 65537
+    truncated = scontrol_argv(slurm_env, "hostnames", "a[1-40000,1-40000]b[1]c[1]")
+    assert truncated.stdout.split() == expand("a[1-40000]b[1]c[1]")
+    assert len(expand("a[1-40000,1-40000]b[1]c[1]")) == 80000
+
+
 def test_a_run_longer_than_slurms_range_limit_round_trips(slurm_env: dict[str, str]) -> None:
     # scontrol show hostlist writes n[1-70000] for these names too (seen by hand; too slow to
     # feed it 480 kB here), then refuses to expand what it wrote
