@@ -72,68 +72,69 @@ class Runner:
     def run(self, action: str, names: Sequence[str]) -> Result:
         return asyncio.run(self.run_async(action, names))
 
+
     async def run_async(self, action: str, names: Sequence[str]) -> Result:
         names = list(dict.fromkeys(names))
         log.info("%s %s (%d nodes)", action, hostlist.collapse(names), len(names))
+        plan, failures = self._providers_for(names)
+        if self.config_problems and self.strict_config:
+            raise ConfigError(self.config_problems)
         nodes = self._read_nodes(names)
         if self.dry_run:
-            return Result(action, self._plan(nodes), config_problems=self.config_problems)
-        outcomes = await self._call_providers(METHODS[action], nodes)
+            outcomes = self._dry_run(plan, failures, nodes)
+            await asyncio.gather(*(p.close() for p, _ in plan))
+        else:
+            outcomes = await self._call_providers(METHODS[action], plan, failures, nodes)
+            self._log_outcomes(action, outcomes)
         result = Result(action, outcomes, config_problems=self.config_problems)
-        self._log_outcomes(action, outcomes)
-        self._report(result)
+        if not self.dry_run:
+            self._report(result)
         return result
 
     # -- steps ------------------------------------------------------------------------------
-    def _read_nodes(self, names: Sequence[str]) -> list[Node]:
+    def _providers_for(self, names: Sequence[str]) -> tuple[list[tuple[Provider, list[str]]], list[Outcome]]:
+        """Build the providers the nodes need; nodes they cannot serve get config outcomes."""
+        grouped, unknown = self.config.by_provider(names)
+        failures = []
+        if unknown:
+            problem = f"{self.config.path}: nodes {hostlist.collapse(unknown)} are in no group; add them to groups:"
+            self.config_problems.append(problem)
+            failures += [Outcome.failure(n, CONFIG, f"node is in no group of {self.config.path}") for n in unknown]
+        plan: list[tuple[Provider, list[str]]] = []
+        for pname, members in grouped.items():
+            try:
+                plan.append((build_provider(self.config, pname), members))
+            except ConfigError as exc:
+                self.config_problems.extend(exc.problems)
+                failures += [Outcome.failure(n, CONFIG, exc.problems[0]) for n in members]
+        return plan, failures
+
+    def _read_nodes(self, names: Sequence[str]) -> dict[str, Node]:
         try:
             known = self.slurm.read_nodes(names)
         except SlurmError as exc:
             # powering the nodes matters more than their features; go on with names only
             log.warning("cannot read nodes %s from Slurm: %s", hostlist.collapse(names), exc)
             known = {}
-        return [known.get(n) or Node(name=n) for n in names]
+        return {n: known.get(n) or Node(name=n) for n in names}
 
-    def _providers_for(self, nodes: Sequence[Node]) -> tuple[list[tuple[Optional[Provider], list[Node]]], list[Outcome]]:
-        grouped, unknown = self.config.by_provider([n.name for n in nodes])
-        by_name = {n.name: n for n in nodes}
-        failures = []
-        if unknown:
-            problem = f"{self.config.path}: nodes {hostlist.collapse(unknown)} are in no group; add them to groups:"
-            self.config_problems.append(problem)
-            failures += [Outcome.failure(n, CONFIG, f"node is in no group of {self.config.path}") for n in unknown]
-        plan: list[tuple[Optional[Provider], list[Node]]] = []
-        for pname, members in grouped.items():
-            try:
-                provider = build_provider(self.config, pname)
-            except ConfigError as exc:
-                self.config_problems.extend(exc.problems)
-                first = exc.problems[0]
-                failures += [Outcome.failure(n, CONFIG, first) for n in members]
-                continue
-            plan.append((provider, [by_name[n] for n in members]))
-        return plan, failures
-
-    async def _call_providers(self, method: str, nodes: Sequence[Node]) -> list[Outcome]:
-        plan, failures = self._providers_for(nodes)
-        if self.config_problems and self.strict_config:
-            raise ConfigError(self.config_problems)
-        results = await asyncio.gather(*(_call(p, method, members) for p, members in plan if p))
+    async def _call_providers(self, method: str, plan: Sequence[tuple[Provider, list[str]]],
+                              failures: list[Outcome], nodes: Mapping[str, Node]) -> list[Outcome]:
+        results = await asyncio.gather(*(_call(p, method, [nodes[n] for n in members]) for p, members in plan))
         by_name = {o.node: o for o in failures}
         for outcomes in results:
             by_name.update({o.node: o for o in outcomes})
-        return [by_name[n.name] for n in nodes]
+        return [by_name[n] for n in nodes]
 
-    def _plan(self, nodes: Sequence[Node]) -> list[Outcome]:
-        plan, failures = self._providers_for(nodes)
+    def _dry_run(self, plan: Sequence[tuple[Provider, list[str]]], failures: list[Outcome],
+                 nodes: Mapping[str, Node]) -> list[Outcome]:
         by_name = {o.node: o for o in failures}
         for provider, members in plan:
-            assert provider is not None
-            for n in members:
-                feats = ",".join(f"{k}={v}" if v else k for k, v in n.features.items()) or "-"
-                by_name[n.name] = Outcome.success(
-                    n.name, f"would use provider {provider.name} ({type(provider).__name__}); features {feats}")
-        return [by_name[n.name] for n in nodes]
+            for name in members:
+                feats = ",".join(f"{k}={v}" if v else k for k, v in nodes[name].features.items()) or "-"
+                by_name[name] = Outcome.success(
+                    name, f"would use provider {provider.name} ({type(provider).__name__}); features {feats}")
+        return [by_name[n] for n in nodes]
 
     def _log_outcomes(self, action: str, outcomes: Sequence[Outcome]) -> None:
         for o in outcomes:
@@ -235,17 +236,16 @@ def build_provider(config: Config, name: str) -> Provider:
 async def power_states(config: Config, slurm: Slurm, names: Sequence[str]) -> dict[str, PowerState]:
     """Ask each provider for the power state of its nodes (for ``citc-power status``)."""
     runner = Runner(config, slurm)
-    nodes = runner._read_nodes(names)
-    plan, _ = runner._providers_for(nodes)
-    states: dict[str, PowerState] = {}
-    for provider, members in plan:
-        assert provider is not None
-        try:
-            states.update(await provider.power_state(members))
-        except CitcPowerError as exc:
-            log.error("provider %s: cannot read power state: %s", provider.name, exc)
-        finally:
-            await provider.close()
+    plan, _ = runner._providers_for(names)
     if runner.config_problems:
         raise ConfigError(runner.config_problems)
+    nodes = runner._read_nodes(names)
+    states: dict[str, PowerState] = {}
+    for provider, members in plan:
+        try:
+            states.update(await provider.power_state([nodes[n] for n in members]))
+        except CitcPowerError as exc:
+            log.error("provider %s: cannot read power state of %s: %s", provider.name, hostlist.collapse(members), exc)
+        finally:
+            await provider.close()
     return {n: states.get(n, PowerState.UNKNOWN) for n in names}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -76,6 +77,22 @@ class Config:
         return grouped, unknown
 
 
+class Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans: only true/false.
+
+    Under YAML 1.1 the keys ``on:`` and ``off:`` of the command provider, or a node named
+    ``no``, would silently become booleans.
+    """
+
+
+Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
 def find_path(explicit: Optional[str] = None) -> Path:
     """The config file to use, by the lookup order above."""
     if explicit:
@@ -85,8 +102,11 @@ def find_path(explicit: Optional[str] = None) -> Path:
     return DEFAULT_PATH
 
 
-def load(path: Path) -> Config:
+def load(path: Path, check_providers: bool = False) -> Config:
     """Read and check the config at ``path``.
+
+    With ``check_providers`` every provider's settings are checked too (offline), which
+    imports each configured provider's module; the actions only build the providers they use.
 
     :raises ConfigError: every problem found, each prefixed with the file name.
     """
@@ -99,19 +119,19 @@ def load(path: Path) -> Config:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror}); check its permissions") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=Yaml12Loader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or "not valid YAML"
         raise ConfigError(f"{where}: invalid YAML ({problem}); fix the syntax") from None
     try:
-        return parse(data, path)
+        return parse(data, path, check_providers)
     except ConfigError as exc:
         raise exc.located(str(path)) from None
 
 
-def parse(data: Any, path: Path = Path("<config>")) -> Config:
+def parse(data: Any, path: Path = Path("<config>"), check_providers: bool = False) -> Config:
     """Build a Config from already-parsed YAML data."""
     problems: list[str] = []
     if not isinstance(data, Mapping):
@@ -123,6 +143,8 @@ def parse(data: Any, path: Path = Path("<config>")) -> Config:
     providers = _parse_providers(data.get("providers"), problems)
     declared = set(data["providers"]) if isinstance(data.get("providers"), Mapping) else set()
     groups = _parse_groups(data.get("groups"), declared, problems)
+    if check_providers:
+        problems.extend(_provider_problems(providers))
     if problems:
         raise ConfigError(problems)
     return Config(path=path, log=log, slurm=slurm, groups=tuple(groups), providers=providers)
@@ -205,3 +227,15 @@ def _parse_groups(raw: Any, providers: set[str], problems: list[str]) -> list[Gr
             continue
         groups.append(Group(nodes=str(item["nodes"]), provider=provider, names=names))
     return groups
+
+
+def _provider_problems(providers: Mapping[str, ProviderSpec]) -> list[str]:
+    from .providers import provider_class  # imports only the provider types in use
+
+    problems = []
+    for spec in providers.values():
+        try:
+            provider_class(spec.type, where=f"providers.{spec.name}.type").from_settings(spec.name, spec.settings)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    return problems

@@ -81,3 +81,12 @@ def test_slurm_section_bounds_batch_size(tmp_path):
         config.load(path)
     assert any("slurm.batch_size: must be a whole number from 1 to 100" in p for p in err.value.problems)
     assert any("slurm.timeout: must be a positive number" in p for p in err.value.problems)
+
+
+def test_on_and_off_keys_stay_strings_as_in_yaml_1_2(tmp_path):
+    cfg = config.load(write(tmp_path, "groups: [{nodes: 'no,yes', provider: p}]\n"
+                                      "providers: {p: {type: command, on: 'a', off: b, flag: true, other: off}}\n"))
+    settings = cfg.providers["p"].settings
+    assert settings["on"] == "a" and settings["off"] == "b"
+    assert settings["flag"] is True and settings["other"] == "off"
+    assert cfg.provider_of("no") == "p"
