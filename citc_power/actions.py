@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 from typing import Callable, Mapping, Optional, Sequence
 
@@ -163,7 +164,7 @@ class Runner:
         for reason, names in outcomes_by_reason(result.failed).items():
             # comment first: once its node is DOWN a job may end, and then it takes no comment
             self._comment_jobs(names, f"citc-power: could not {verb} node(s) {hostlist.collapse(names)}: {reason}")
-            if self._tell(result, names, lambda: self.slurm.set_down(names, reason)):
+            if self._tell(result, names, functools.partial(self.slurm.set_down, names, reason)):
                 log.info("%s: set DOWN with reason %r", hostlist.collapse(names), reason)
 
     def _comment_jobs(self, names: Sequence[str], text: str) -> None:

@@ -52,11 +52,11 @@ def setup(
     if file is not None:
         try:
             file.parent.mkdir(parents=True, exist_ok=True)
-            handler: logging.Handler = logging.handlers.WatchedFileHandler(file)
-            handler.setLevel(file_level)
-            handler.setFormatter(logging.Formatter(FORMAT))
-            handler.addFilter(context)
-            root.addHandler(handler)
+            to_file = logging.handlers.WatchedFileHandler(file)
+            to_file.setLevel(file_level)
+            to_file.setFormatter(logging.Formatter(FORMAT))
+            to_file.addFilter(context)
+            root.addHandler(to_file)
         except OSError as exc:
             warning = f"cannot write log file {file} ({exc.strerror}); logging to stderr"
             console = True

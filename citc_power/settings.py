@@ -15,7 +15,10 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, TypeVar
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
 
 from .errors import ConfigError
 
@@ -23,25 +26,31 @@ T = TypeVar("T")
 # secrets already taken out of the environment, so a second reader in this process still finds them
 _READ_FROM_ENV: dict[str, str] = {}
 _MISSING: Any = object()
+# SettingsReader has methods named like the builtins; annotations inside it use these
+_Str: TypeAlias = str
+_Int: TypeAlias = int
+_Float: TypeAlias = float
+_Bool: TypeAlias = bool
+_List: TypeAlias = list
 
 
 class SettingsReader:
     """Typed access to a provider's settings mapping with collected errors."""
 
-    def __init__(self, provider: str, settings: Mapping[str, Any], known: Iterable[str] = ()):
+    def __init__(self, provider: _Str, settings: Mapping[_Str, Any], known: Iterable[_Str] = ()):
         self.provider = provider
         self.settings = dict(settings)
-        self.problems: list[str] = []
+        self.problems: list[_Str] = []
         self._known = set(known) | {"type"}
 
-    def where(self, key: str) -> str:
+    def where(self, key: _Str) -> _Str:
         return f"providers.{self.provider}.{key}"
 
-    def problem(self, key: str, text: str) -> None:
+    def problem(self, key: _Str, text: _Str) -> None:
         """Record a problem with ``key``; ``text`` says what is wrong and the fix."""
         self.problems.append(f"{self.where(key)}: {text}")
 
-    def _get(self, key: str, default: Any, kind: str) -> Any:
+    def _get(self, key: _Str, default: Any, kind: _Str) -> Any:
         if key in self.settings and self.settings[key] is not None:
             return self.settings[key]
         if default is _MISSING:
@@ -49,34 +58,34 @@ class SettingsReader:
             return None
         return default
 
-    def str(self, key: str, default: Any = _MISSING) -> Any:
+    def str(self, key: _Str, default: Any = _MISSING) -> Any:
         value = self._get(key, default, "a string")
         if value is None or value is default:
             return value
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        if isinstance(value, _Bool) or not isinstance(value, (str, _Int, _Float)):
             self.problem(key, f"must be a string, not {type(value).__name__}")
             return default if default is not _MISSING else None
         return str(value)
 
-    def choice(self, key: str, choices: Iterable[str], default: Any = _MISSING) -> Any:
+    def choice(self, key: _Str, choices: Iterable[_Str], default: Any = _MISSING) -> Any:
         options = list(choices)
         value = self.str(key, default)
         if value is not None and value is not default and value not in options:
             self.problem(key, f"{value!r} is not one of {', '.join(options)}")
         return value
 
-    def int(self, key: str, default: Any = _MISSING, minimum: Optional[int] = None) -> Any:
-        return self._number(key, default, minimum, int, "a whole number")
+    def int(self, key: _Str, default: Any = _MISSING, minimum: Optional[_Int] = None) -> Any:
+        return self._number(key, default, minimum, _Int, "a whole number")
 
-    def float(self, key: str, default: Any = _MISSING, minimum: Optional[float] = None) -> Any:
-        return self._number(key, default, minimum, float, "a number")
+    def float(self, key: _Str, default: Any = _MISSING, minimum: Optional[_Float] = None) -> Any:
+        return self._number(key, default, minimum, _Float, "a number")
 
-    def _number(self, key: str, default: Any, minimum: Any, kind: type, words: str) -> Any:
+    def _number(self, key: _Str, default: Any, minimum: Any, kind: type, words: _Str) -> Any:
         value = self._get(key, default, words)
         if value is None or value is default:
             return value
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-            kind is int and not isinstance(value, int)
+        if isinstance(value, _Bool) or not isinstance(value, (int, _Float)) or (
+            kind is int and not isinstance(value, _Int)
         ):
             self.problem(key, f"must be {words}, not {value!r}")
             return default if default is not _MISSING else None
@@ -84,33 +93,33 @@ class SettingsReader:
             self.problem(key, f"must be at least {minimum}, not {value!r}")
         return kind(value)
 
-    def bool(self, key: str, default: Any = _MISSING) -> Any:
+    def bool(self, key: _Str, default: Any = _MISSING) -> Any:
         value = self._get(key, default, "true or false")
-        if value is not None and value is not default and not isinstance(value, bool):
+        if value is not None and value is not default and not isinstance(value, _Bool):
             self.problem(key, f"must be true or false, not {value!r}")
             return default if default is not _MISSING else None
         return value
 
-    def list(self, key: str, default: Any = _MISSING) -> Any:
+    def list(self, key: _Str, default: Any = _MISSING) -> Any:
         """A list of strings; a single string is taken as a list of one."""
         value = self._get(key, default, "a list of strings")
         if value is None or value is default:
             return value
-        if isinstance(value, str):
+        if isinstance(value, _Str):
             return [value]
-        if not isinstance(value, list) or not all(isinstance(v, (str, int)) for v in value):
+        if not isinstance(value, _List) or not all(isinstance(v, (str, _Int)) for v in value):
             self.problem(key, "must be a list of strings")
             return default if default is not _MISSING else None
         return [str(v) for v in value]
 
-    def mapping(self, key: str, default: Any = _MISSING) -> Any:
+    def mapping(self, key: _Str, default: Any = _MISSING) -> Any:
         value = self._get(key, default, "a mapping")
         if value is not None and value is not default and not isinstance(value, Mapping):
             self.problem(key, "must be a mapping of key: value")
             return default if default is not _MISSING else None
         return value
 
-    def path(self, key: str, default: Any = _MISSING, must_exist: bool = True) -> Any:
+    def path(self, key: _Str, default: Any = _MISSING, must_exist: _Bool = True) -> Any:
         value = self.str(key, default)
         if value is None or value is default:
             return value
@@ -119,7 +128,7 @@ class SettingsReader:
             self.problem(key, f"{path} does not exist; create it or point {key} elsewhere")
         return path
 
-    def secret_file(self, key: str, default: Any = _MISSING) -> Any:
+    def secret_file(self, key: _Str, default: Any = _MISSING) -> Any:
         """A path to a file holding a secret; refused if others can read it."""
         path = self.path(key, default, must_exist=True)
         if isinstance(path, Path) and path.exists():

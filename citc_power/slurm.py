@@ -15,13 +15,14 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Optional, Sequence
+from typing import Iterable, Iterator, Mapping, Optional, Sequence, TypeVar
 
 from . import hostlist
 from .errors import SlurmError
 from .providers.base import Node, Outcome
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SEARCH_PATH = ["/usr/bin", "/usr/local/bin", "/opt/slurm/bin", "/usr/sbin", "/bin"]
 _FIELD_SPLIT = re.compile(r"\s+(?=[A-Z][A-Za-z_:]*=)")
@@ -71,7 +72,7 @@ def reason_text(code: str, message: str) -> str:
     return text if len(text) <= REASON_MAX else text[: REASON_MAX - 1] + "…"
 
 
-def batches(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+def batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 

@@ -67,11 +67,11 @@ class Outcome:
 
     @classmethod
     def success(cls, node: str, message: str = "", **facts: Optional[str]) -> "Outcome":
-        return cls(node=node, ok=True, message=message, **facts)
+        return cls(node=node, ok=True, message=message, **facts)  # type: ignore[arg-type]
 
     @classmethod
     def failure(cls, node: str, code: str, message: str, **facts: Optional[str]) -> "Outcome":
-        return cls(node=node, ok=False, code=code or ERROR, message=message, **facts)
+        return cls(node=node, ok=False, code=code or ERROR, message=message, **facts)  # type: ignore[arg-type]
 
 
 class Provider(abc.ABC):
@@ -112,5 +112,5 @@ class Provider(abc.ABC):
     async def power_state(self, nodes: Sequence[Node]) -> dict[str, PowerState]:
         """Read the power state of each node (name -> state); never changes anything."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional hook, most providers hold nothing
         """Release sessions, thread pools and connections. Called once, after the last call."""

@@ -45,7 +45,7 @@ def assert_one_line_error(proc, *fragments):
 
 @pytest.mark.parametrize("expr", ["cn[1-3", "cn[3-1]", "cn[]", "cn[a-b]"])
 def test_malformed_hostlist(conf, expr):
-    assert_one_line_error(run("citc-power", "resume", "--config", str(conf), expr), f"citc-power: ", expr)
+    assert_one_line_error(run("citc-power", "resume", "--config", str(conf), expr), "citc-power: ", expr)
 
 
 def test_missing_config_names_the_lookup(tmp_path):
