@@ -17,6 +17,7 @@ from typing import Callable, TypeVar
 import pytest
 
 from citc_power.errors import HostlistError
+from citc_power import hostlist
 from citc_power.hostlist import collapse, expand
 
 SEED = int(os.environ.get("HOSTLIST_SEED", "2205"))
@@ -194,6 +195,42 @@ def test_expand_matches_scontrol_on_random_expressions(scontrol_batch: Batch) ->
     wrong = [(e, expand(e), t) for e, t in zip(expressions, theirs) if expand(e) != t]
     assert not wrong, f"seed {SEED}: {len(wrong)} differ\n{_first_differences(wrong)}"
     assert sum(len(t) for t in theirs) > 20 * CASES  # the cases were not trivially small
+
+
+def mutated_expression(rng: random.Random) -> str:
+    """A random expression with one to three characters inserted, deleted or replaced."""
+    chars = list(random_expression(rng))
+    for _ in range(rng.randint(1, 3)):
+        at = rng.randrange(len(chars))
+        action = rng.random()
+        if action < 0.4:
+            chars.insert(at, rng.choice("[]-,0123ab"))
+        elif action < 0.7 and len(chars) > 1:
+            del chars[at]
+        else:
+            chars[at] = rng.choice("[]-,0123ab")
+    return "".join(chars)
+
+
+def _expand_or_none(expr: str) -> list[str] | None:
+    try:
+        return expand(expr)
+    except HostlistError:
+        return None
+
+
+def test_whatever_expand_accepts_scontrol_expands_the_same(
+    scontrol_batch: Batch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a mutant like n[7-300036] goes past Slurm's 65536 names per range, where we are lenient
+    # on purpose (tested below); a low cap makes expand refuse those here
+    monkeypatch.setattr(hostlist, "MAX_NAMES", 5000)
+    accepted = [(e, names) for e in random_cases(mutated_expression, 5, count=3 * CASES)
+                if (names := _expand_or_none(e)) is not None]
+    assert len(accepted) > CASES // 4  # many mutants stay valid; the rest were refused
+    theirs = scontrol_batch("hostnames", [e for e, _ in accepted])  # also: no Slurm error
+    wrong = [(e, ours, t) for (e, ours), t in zip(accepted, theirs) if ours != t]
+    assert not wrong, f"seed {SEED}: {len(wrong)} differ\n{_first_differences(wrong)}"
 
 
 def test_collapse_matches_scontrol_on_random_name_lists(scontrol_batch: Batch) -> None:
