@@ -12,7 +12,9 @@ Only what the OpenStack provider uses is served, in the shapes the real services
 Servers move through their lifecycle by the clock (BUILD -> ACTIVE or ERROR with a ``fault``;
 REBUILD / REBOOT / HARD_REBOOT -> ACTIVE). Faults per server name, HTTP 429 for a fraction of
 the compute requests (with or without ``Retry-After``) and a per-request latency can be injected.
-Everything the provider asked for is recorded for the tests to check.
+Everything the provider asked for is recorded for the tests to check. ``hooks`` let a server's
+"machine" act when it comes up, goes down for a reboot or rebuild, or is deleted (the real-Slurm
+test starts and stops the node's slurmd there).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import dataclasses
 import datetime
 import http.server
 import json
+import queue
 import random
 import re
 import threading
@@ -116,7 +119,12 @@ class OpenStackEmulator:
         self._rng = random.Random(seed)
         self._address_seq = 0
         self._server: http.server.ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        # what a machine does when its server changes, e.g. start or stop a node's slurmd:
+        # "active" (BUILD/REBUILD/REBOOT done), "down" (reboot or rebuild begins), "deleted"
+        self.hooks: dict[str, Callable[[EmulatedServer], Any]] = {}
+        self._events: queue.Queue[tuple[str, EmulatedServer] | None] = queue.Queue()
+        self._stopping = threading.Event()
 
     # ---- lifecycle of the emulator itself ----
     @property
@@ -132,17 +140,50 @@ class OpenStackEmulator:
         handler = type("Handler", (_Handler,), {"emulator": self})
         server = _HTTPServer(("127.0.0.1", 0), handler)
         self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, args=(0.05,), name="openstack-emulator", daemon=True
-        )
-        self._thread.start()
+        self._stopping.clear()
+        for target, args in (
+            (server.serve_forever, (0.05,)),
+            (self._tick, ()),
+            (self._run_hooks, ()),
+        ):
+            thread = threading.Thread(
+                target=target, args=args, name="openstack-emulator", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
         return self
 
     def stop(self) -> None:
+        self._stopping.set()
+        self._events.put(None)
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        for thread in self._threads:
+            thread.join(timeout=15)
+        self._threads = []
+
+    def _tick(self) -> None:
+        """Move lifecycles on by the clock even when nobody asks, so hooks run on time."""
+        while not self._stopping.wait(0.05):
+            with self._lock:
+                self._advance()
+
+    def _run_hooks(self) -> None:
+        """Run hooks one at a time, in order, outside the lock (they may take seconds)."""
+        while True:
+            event = self._events.get()
+            if event is None:
+                return
+            kind, server = event
+            hook = self.hooks.get(kind)
+            if hook is None:
+                continue
+            try:
+                hook(server)
+            except Exception as exc:  # noqa: BLE001 - a failing hook must not stop the emulator
+                print(f"openstack emulator: {kind} hook failed for {server.name}: {exc!r}")
 
     def write_clouds_yaml(
         self, path: Path, cloud: str = "testcloud", auth: str = "application_credential"
@@ -236,6 +277,8 @@ class OpenStackEmulator:
                 continue
             if s.status != s.next_status and now >= s.until:
                 s.status, s.task_state = s.next_status, None
+                if s.status == "ACTIVE":
+                    self._events.put(("active", s))
                 if s.status == "ERROR":
                     s.fault = {
                         "code": 500,
@@ -573,6 +616,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 server = None
             else:
                 emu.deletes.append((server.name, sid))
+                emu._events.put(("deleted", server))
                 server.deleted_at = time.monotonic() + emu.delete_seconds
                 emu._advance()
         if server is None:
@@ -605,6 +649,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if s.status != "ACTIVE" and not (kind == "HARD" and s.status in ("SHUTOFF", "ERROR")):
                 return f"Cannot 'reboot' instance {s.id} while it is in vm_state {s.status.lower()}"
             emu.reboots.append((s.name, kind))
+            emu._events.put(("down", s))
             s.status = "REBOOT" if kind == "SOFT" else "HARD_REBOOT"
             s.next_status, s.until, s.task_state = "ACTIVE", now + emu.reboot_seconds, "rebooting"
         elif "rebuild" in body:
@@ -616,6 +661,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if image not in emu.images:
                 return f"Image {image} could not be found."
             emu.rebuilds.append((s.name, s.id, image))
+            emu._events.put(("down", s))
             s.image_id, s.status, s.fault = image, "REBUILD", None
             s.next_status, s.until, s.task_state = "ACTIVE", now + emu.rebuild_seconds, "rebuilding"
         elif "os-start" in body:
@@ -623,6 +669,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 return f"Cannot 'start' instance {s.id} while it is in vm_state {s.status.lower()}"
             emu.starts.append(s.name)
             s.status, s.next_status, s.until, s.task_state = "ACTIVE", "ACTIVE", now, None
+            emu._events.put(("active", s))
         else:
             return f"unsupported action {sorted(body)}"
         return None
