@@ -16,7 +16,7 @@ from . import hostlist
 from .config import Config
 from .errors import CitcPowerError, ConfigError, ProviderError, SlurmError
 from .providers import provider_class
-from .providers.base import CONFIG, ERROR, Node, Outcome, PowerState, Provider
+from .providers.base import CONFIG, ERROR, STUCK, Node, Outcome, PowerState, Provider
 from .slurm import Slurm, outcomes_by_reason
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class Runner:
             outcomes = self._dry_run(plan, failures, nodes)
             await asyncio.gather(*(p.close() for p, _ in plan))
         else:
-            outcomes = await self._call_providers(METHODS[action], plan, failures, nodes)
+            outcomes = await self._call_providers(action, plan, failures, nodes)
             self._log_outcomes(action, outcomes)
         result = Result(action, outcomes, config_problems=self.config_problems)
         if not self.dry_run:
@@ -119,9 +119,11 @@ class Runner:
             known = {}
         return {n: known.get(n) or Node(name=n) for n in names}
 
-    async def _call_providers(self, method: str, plan: Sequence[tuple[Provider, list[str]]],
+    async def _call_providers(self, action: str, plan: Sequence[tuple[Provider, list[str]]],
                               failures: list[Outcome], nodes: Mapping[str, Node]) -> list[Outcome]:
-        results = await asyncio.gather(*(_call(p, method, [nodes[n] for n in members]) for p, members in plan))
+        method = METHODS[action]
+        results = await asyncio.gather(*(_call(p, method, [nodes[n] for n in members], action)
+                                         for p, members in plan))
         by_name = {o.node: o for o in failures}
         for outcomes in results:
             by_name.update({o.node: o for o in outcomes})
@@ -188,10 +190,12 @@ class Runner:
             return False
 
 
-async def _call(provider: Provider, method: str, nodes: Sequence[Node]) -> list[Outcome]:
+async def _call(provider: Provider, method: str, nodes: Sequence[Node], action: str = "") -> list[Outcome]:
     """Call one provider method, turning every exception into per-node outcomes."""
     try:
         outcomes = await getattr(provider, method)(nodes)
+        if action == "resume-fail" and provider.BARE_METAL:
+            outcomes = [_stuck(o) for o in outcomes]
     except ProviderError as exc:
         log.error("provider %s: %s failed for %s: [%s] %s", provider.name, method,
                   hostlist.collapse([n.name for n in nodes]), exc.code, exc)
@@ -209,6 +213,14 @@ async def _call(provider: Provider, method: str, nodes: Sequence[Node]) -> list[
         except Exception:
             log.exception("provider %s: close failed", provider.name)
     return _complete(outcomes, nodes, provider.name)
+
+
+def _stuck(outcome: Outcome) -> Outcome:
+    """A bare-metal node that did not register in time: powered off, but left DOWN to inspect."""
+    if not outcome.ok:
+        return outcome
+    return Outcome.failure(outcome.node, STUCK, "powered on but never registered with Slurm before "
+                           "ResumeTimeout; powered off, check its console", instance_id=outcome.instance_id)
 
 
 def _complete(outcomes: Sequence[Outcome], nodes: Sequence[Node], provider: str) -> list[Outcome]:

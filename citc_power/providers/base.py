@@ -84,6 +84,9 @@ class Provider(abc.ABC):
 
     #: setting name -> one-line help; used by ``citc-power check`` and the docs
     SETTINGS: ClassVar[Mapping[str, str]] = {}
+    #: physical machines: one that was powered on but never registered with Slurm is broken
+    #: hardware to look at, so resume-fail leaves it DOWN as ``stuck`` instead of retrying it
+    BARE_METAL: ClassVar[bool] = False
 
     def __init__(self, name: str):
         self.name = name

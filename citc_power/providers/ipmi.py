@@ -160,6 +160,7 @@ class IpmiProvider(Provider):
     """Powers bare-metal nodes through their BMCs over IPMI 2.0 (RMCP+)."""
 
     SETTINGS: ClassVar[Mapping[str, str]] = {**BMC_SETTINGS, **IPMI_SETTINGS}
+    BARE_METAL = True
 
     def __init__(
         self,

@@ -168,6 +168,7 @@ class RedfishProvider(Provider):
     """Powers bare-metal nodes through their Redfish BMCs (sushy in a bounded thread pool)."""
 
     SETTINGS: ClassVar[Mapping[str, str]] = {**BMC_SETTINGS, **REDFISH_SETTINGS}
+    BARE_METAL = True
 
     def __init__(self, name: str, directory: BmcDirectory, options: RedfishOptions):
         super().__init__(name)

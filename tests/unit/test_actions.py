@@ -106,3 +106,15 @@ def test_dry_run_calls_no_provider_and_changes_nothing():
     result = r.run("start", ["cn1"])
     assert result.outcomes[0].ok and "would use provider local" in result.outcomes[0].message
     assert not [c for c in slurm.calls if c[1] == "update"]
+
+
+def test_resume_fail_leaves_a_bare_metal_node_down_as_stuck(monkeypatch):
+    from citc_power.providers.command import CommandProvider
+
+    monkeypatch.setattr(CommandProvider, "BARE_METAL", True)
+    r, slurm = runner(make_config())
+    result = r.run("resume-fail", ["cn1"])
+    assert [o.code for o in result.outcomes] == ["stuck"]
+    down = [c for c in slurm.calls if "state=DOWN" in c]
+    assert down and down[0][4].startswith("reason=citc:stuck powered on but never registered")
+    assert not any("state=POWER_DOWN_FORCE" in c for c in slurm.calls)
