@@ -38,6 +38,7 @@ import openstack.connection
 import openstack.exceptions as os_exc
 import requests.adapters
 
+from .. import hostlist
 from ..errors import ConfigError
 from ..pacing import BlockingPool, Deadline, TokenBucket
 from ..settings import SettingsReader
@@ -116,6 +117,7 @@ class _Choice:
 
     value: str
     where: str
+    node: str  # the node asking, to name it in log lines
     explicit: bool = False  # asked for in the node's reason, for this reboot only
 
 
@@ -149,13 +151,11 @@ class OpenStackProvider(Provider):
         "keypair": "name of the Nova keypair to install; node feature keypair= overrides it",
         "security_groups": "list of security group names (default: the project's default group)",
         "user_data": "file passed to cloud-init as user data",
-        "boot_volume_size": "GB; boot from a new volume of this size made from the image "
-        "(deleted with the server)",
+        "boot_volume_size": "GB; boot from a new volume of this size made from the image (deleted with the server)",
         "availability_zone": "availability zone to create servers in",
         "concurrency": "parallel API requests (default 10)",
         "max_requests_per_second": "client-side rate limit (default 10)",
-        "status_code_retries": "retries of a request answered 429 or 503, honouring Retry-After "
-        "(default 6)",
+        "status_code_retries": "retries of a request answered 429 or 503, honouring Retry-After (default 6)",
         "active_timeout": "seconds to wait for a server to become ACTIVE (default 300)",
         "delete_timeout": "seconds to wait for a server to go, with wait_for_delete (default 120)",
         "poll_interval": "seconds between two lists of the servers while waiting (default 5)",
@@ -253,7 +253,7 @@ class OpenStackProvider(Provider):
         except ConfigError:
             raise
         except API_ERRORS as exc:  # the whole list failed: nothing is known
-            log.warning("power state of %s unknown: %s", _names(nodes), _describe(exc)[1])
+            log.warning("%s: power state unknown: %s", _names(nodes), _describe(exc)[1])
             return {n.name: PowerState.UNKNOWN for n in nodes}
         return {n.name: _state(_pick(servers.get(n.name, []))) for n in nodes}
 
@@ -266,9 +266,7 @@ class OpenStackProvider(Provider):
             self._conn = None
 
     # ------------------------------------------------------------------ power on
-    async def _power_on(
-        self, nodes: Sequence[Node], servers: dict[str, list[Any]]
-    ) -> dict[str, Outcome]:
+    async def _power_on(self, nodes: Sequence[Node], servers: dict[str, list[Any]]) -> dict[str, Outcome]:
         outcomes: dict[str, Outcome] = {}
         pending: dict[str, tuple[str, bool]] = {}  # node -> (server id, delete it if it fails)
         create: list[Node] = []
@@ -307,13 +305,11 @@ class OpenStackProvider(Provider):
         outcomes: dict[str, Outcome],
     ) -> None:
         try:
-            await self._call(self._compute().start_server, server)
+            await self._call(node.name, self._compute().start_server, server)
             log.info("%s: starting server %s", node.name, server.id)
             pending[node.name] = (server.id, False)
         except API_ERRORS as exc:
-            outcomes[node.name] = _failure(
-                node.name, exc, f"start of server {server.id}", instance_id=server.id
-            )
+            outcomes[node.name] = _failure(node.name, exc, f"start of server {server.id}", instance_id=server.id)
 
     async def _create_all(
         self,
@@ -327,9 +323,7 @@ class OpenStackProvider(Provider):
                 ready.append((node, await self._server_attrs(node)))
             except API_ERRORS as exc:
                 outcomes[node.name] = _failure(node.name, exc, "look-up")
-        results = await asyncio.gather(
-            *(self._create(n, a) for n, a in ready), return_exceptions=True
-        )
+        results = await asyncio.gather(*(self._create(n, a) for n, a in ready), return_exceptions=True)
         for (node, _), result in zip(ready, results):
             if isinstance(result, BaseException):
                 outcomes[node.name] = _failure(node.name, result, "create")
@@ -338,7 +332,7 @@ class OpenStackProvider(Provider):
 
     async def _create(self, node: Node, attrs: dict[str, Any]) -> str:
         """Create the node's server; return its id."""
-        server = await self._call(self._compute().create_server, **attrs)
+        server = await self._call(node.name, self._compute().create_server, **attrs)
         log.info("%s: created server %s (flavor %s)", node.name, server.id, attrs["flavor_id"])
         return str(server.id)
 
@@ -380,17 +374,11 @@ class OpenStackProvider(Provider):
         return attrs
 
     # ------------------------------------------------------------------ power off
-    async def _power_off(
-        self, nodes: Sequence[Node], servers: dict[str, list[Any]]
-    ) -> dict[str, Outcome]:
+    async def _power_off(self, nodes: Sequence[Node], servers: dict[str, list[Any]]) -> dict[str, Outcome]:
         jobs = [self._delete_node(n, servers.get(n.name, [])) for n in nodes]
         outcomes = dict(zip((n.name for n in nodes), await asyncio.gather(*jobs)))
         if self.config.wait_for_delete:
-            gone = {
-                n.name: [s.id for s in servers.get(n.name, [])]
-                for n in nodes
-                if outcomes[n.name].ok
-            }
+            gone = {n.name: [s.id for s in servers.get(n.name, [])] for n in nodes if outcomes[n.name].ok}
             outcomes.update(await self._wait_gone({k: v for k, v in gone.items() if v}))
         return outcomes
 
@@ -400,11 +388,9 @@ class OpenStackProvider(Provider):
         ids = [s.id for s in servers]
         for server in servers:
             try:
-                await self._call(self._compute().delete_server, server, ignore_missing=True)
+                await self._call(node.name, self._compute().delete_server, server, ignore_missing=True)
             except API_ERRORS as exc:
-                return _failure(
-                    node.name, exc, f"delete of server {server.id}", instance_id=server.id
-                )
+                return _failure(node.name, exc, f"delete of server {server.id}", instance_id=server.id)
         log.info("%s: deleted server %s", node.name, ", ".join(ids))
         return Outcome.success(node.name, f"deleted server {', '.join(ids)}", instance_id=ids[0])
 
@@ -417,15 +403,13 @@ class OpenStackProvider(Provider):
             except API_ERRORS as exc:
                 log.warning(
                     "%s: list while waiting for deletion failed: %s",
-                    ", ".join(wanted),
+                    hostlist.collapse(wanted),
                     _describe(exc)[1],
                 )
                 continue
             wanted = {name: ids for name, ids in wanted.items() if left.intersection(ids)}
         for name, ids in wanted.items():
-            log.error(
-                "%s: server %s still there after %.0f s", name, ids[0], self.config.delete_timeout
-            )
+            log.error("%s: server %s still there after %.0f s", name, ids[0], self.config.delete_timeout)
         return {
             name: Outcome.failure(
                 name,
@@ -437,9 +421,7 @@ class OpenStackProvider(Provider):
         }
 
     # ------------------------------------------------------------------ reboot
-    async def _reboot(
-        self, nodes: Sequence[Node], servers: dict[str, list[Any]]
-    ) -> dict[str, Outcome]:
+    async def _reboot(self, nodes: Sequence[Node], servers: dict[str, list[Any]]) -> dict[str, Outcome]:
         outcomes: dict[str, Outcome] = {}
         pending: dict[str, tuple[str, bool]] = {}
         plans: list[tuple[Node, Any, tuple[str, str] | None]] = []
@@ -453,14 +435,10 @@ class OpenStackProvider(Provider):
                 plans.append((node, server, await self._rebuild_image(node, server)))
             except API_ERRORS as exc:
                 outcomes[node.name] = _failure(node.name, exc, "look-up", instance_id=server.id)
-        results = await asyncio.gather(
-            *(self._restart(*plan) for plan in plans), return_exceptions=True
-        )
+        results = await asyncio.gather(*(self._restart(*plan) for plan in plans), return_exceptions=True)
         for (node, server, image), result in zip(plans, results):
             if isinstance(result, BaseException):
-                outcomes[node.name] = _failure(
-                    node.name, result, f"reboot of server {server.id}", instance_id=server.id
-                )
+                outcomes[node.name] = _failure(node.name, result, f"reboot of server {server.id}", instance_id=server.id)
             else:
                 pending[node.name] = (server.id, image is not None)  # a failed rebuild is deleted
         if absent:
@@ -481,7 +459,7 @@ class OpenStackProvider(Provider):
 
     async def _restart(self, node: Node, server: Any, image: tuple[str, str] | None) -> None:
         if image is not None:
-            await self._call(self._compute().rebuild_server, server, image=image[0])
+            await self._call(node.name, self._compute().rebuild_server, server, image=image[0])
             log.info(
                 "%s: rebuilding server %s with image %s (was %s)",
                 node.name,
@@ -498,7 +476,7 @@ class OpenStackProvider(Provider):
         """Soft reboot; hard if the server is not ACTIVE or Nova refuses the soft one."""
         if server.status == "ACTIVE":
             try:
-                await self._call(self._compute().reboot_server, server, "SOFT")
+                await self._call(node.name, self._compute().reboot_server, server, "SOFT")
                 log.info("%s: soft reboot of server %s", node.name, server.id)
                 return
             except (os_exc.ConflictException, os_exc.BadRequestException) as exc:
@@ -508,21 +486,17 @@ class OpenStackProvider(Provider):
                     server.id,
                     _describe(exc)[1],
                 )
-        await self._call(self._compute().reboot_server, server, "HARD")
+        await self._call(node.name, self._compute().reboot_server, server, "HARD")
         log.info("%s: hard reboot of server %s (was %s)", node.name, server.id, server.status)
 
     def _target_image(self, node: Node) -> _Choice | None:
         match = REBUILD_REASON.search(node.reason or "")
         if match:
-            return _Choice(
-                match.group(1), f"reason 'rebuild image:' of node {node.name}", explicit=True
-            )
+            return _Choice(match.group(1), f"reason 'rebuild image:' of node {node.name}", node.name, explicit=True)
         return self._choice(node, "image", self.config.image)
 
     # ------------------------------------------------------------------ waiting and reporting
-    async def _settle(
-        self, nodes: Sequence[Node], pending: dict[str, tuple[str, bool]]
-    ) -> dict[str, Outcome]:
+    async def _settle(self, nodes: Sequence[Node], pending: dict[str, tuple[str, bool]]) -> dict[str, Outcome]:
         """Wait for the pending servers, then turn each into its node's Outcome."""
         if not pending:
             return {}
@@ -542,9 +516,7 @@ class OpenStackProvider(Provider):
             else:
                 outcomes[name] = await self._failed(by_name[name], server, delete=pending[name][1])
         for name, sid in left.items():
-            log.error(
-                "%s: server %s not ACTIVE after %.0f s", name, sid, self.config.active_timeout
-            )
+            log.error("%s: server %s not ACTIVE after %.0f s", name, sid, self.config.active_timeout)
             outcomes[name] = Outcome.failure(
                 name,
                 TIMEOUT,
@@ -562,16 +534,12 @@ class OpenStackProvider(Provider):
             try:
                 listed = await self._list(list(pending))
             except API_ERRORS as exc:
-                log.warning(
-                    "%s: list while waiting failed: %s", ", ".join(pending), _describe(exc)[1]
-                )
+                log.warning("%s: list while waiting failed: %s", hostlist.collapse(pending), _describe(exc)[1])
                 continue
             by_id = {s.id: s for group in listed.values() for s in group}
             for name, sid in list(pending.items()):
                 server = by_id.get(sid)
-                if server is None or (
-                    _state(server) is not PowerState.TRANSITION and not server.task_state
-                ):
+                if server is None or (_state(server) is not PowerState.TRANSITION and not server.task_state):
                     finished[name] = server
                     del pending[name]
         return finished, pending
@@ -613,7 +581,7 @@ class OpenStackProvider(Provider):
 
     async def _delete_quietly(self, node: str, server: Any) -> None:
         try:
-            await self._call(self._compute().delete_server, server, ignore_missing=True)
+            await self._call(node, self._compute().delete_server, server, ignore_missing=True)
             log.info("%s: deleted server %s (was %s)", node, server.id, server.status)
         except API_ERRORS as exc:
             log.error("%s: delete of server %s failed: %s", node, server.id, _describe(exc)[1])
@@ -622,9 +590,9 @@ class OpenStackProvider(Provider):
     def _choice(self, node: Node, key: str, configured: str | None) -> _Choice | None:
         feature = node.feature(key)
         if feature:
-            return _Choice(feature, f"feature {key}={feature} of node {node.name}")
+            return _Choice(feature, f"feature {key}={feature} of node {node.name}", node.name)
         if configured:
-            return _Choice(configured, f"providers.{self.name}.{key}")
+            return _Choice(configured, f"providers.{self.name}.{key}", node.name)
         return None
 
     def _need(self, node: Node, key: str, configured: str | None) -> _Choice:
@@ -632,8 +600,7 @@ class OpenStackProvider(Provider):
         if choice is None:
             raise _NodeProblem(
                 CONFIG,
-                f"no {key} for node {node.name}: set providers.{self.name}.{key} "
-                f"or the node feature {key}=",
+                f"no {key} for node {node.name}: set providers.{self.name}.{key} or the node feature {key}=",
             )
         return choice
 
@@ -642,35 +609,32 @@ class OpenStackProvider(Provider):
         key = (kind, choice.value)
         if key not in self._found:
             if kind == "flavor":
-                table = await self._flavor_table()
+                table = await self._flavor_table(choice.node)
                 found = table.get(choice.value)
             else:
-                found = await self._find(kind, choice.value)
+                found = await self._find(kind, choice.value, choice.node)
             if found is None:
                 raise _NodeProblem(
                     CONFIG,
-                    f"{choice.where}: no {kind} {choice.value!r} in cloud "
-                    f"{self.config.cloud!r}; use an existing name or id",
+                    f"{choice.where}: no {kind} {choice.value!r} in cloud {self.config.cloud!r}; use an existing name or id",
                 )
             self._found[key] = found
         return self._found[key]
 
-    async def _find(self, kind: str, value: str) -> tuple[str, str] | None:
+    async def _find(self, kind: str, value: str, who: str) -> tuple[str, str] | None:
         conn = self._connection()
         finder = conn.image.find_image if kind == "image" else conn.network.find_network
         try:
-            found = await self._call(finder, value, ignore_missing=False)
+            found = await self._call(who, finder, value, ignore_missing=False)
         except os_exc.NotFoundException:
             return None
         except os_exc.DuplicateResource:
-            raise _NodeProblem(
-                CONFIG, f"several {kind}s are called {value!r}; use the id instead"
-            ) from None
+            raise _NodeProblem(CONFIG, f"several {kind}s are called {value!r}; use the id instead") from None
         return str(found.id), str(found.name)
 
-    async def _flavor_table(self) -> dict[str, tuple[str, str]]:
+    async def _flavor_table(self, who: str) -> dict[str, tuple[str, str]]:
         if self._flavors is None:
-            flavors = await self._call(lambda: list(self._compute().flavors(details=True)))
+            flavors = await self._call(who, lambda: list(self._compute().flavors(details=True)))
             table = {str(f.id): (str(f.id), str(f.name)) for f in flavors}
             table.update({str(f.name): (str(f.id), str(f.name)) for f in flavors})
             self._flavors = table
@@ -682,7 +646,7 @@ class OpenStackProvider(Provider):
             return None
         if flavor.original_name:  # microversion 2.47 and later embed the flavor
             return str(flavor.original_name)
-        found = (await self._flavor_table()).get(str(flavor.id))
+        found = (await self._flavor_table(server.name)).get(str(flavor.id))
         return found[1] if found else str(flavor.id)
 
     # ------------------------------------------------------------------ requests
@@ -711,34 +675,29 @@ class OpenStackProvider(Provider):
         prefix = os.path.commonprefix(sorted(wanted))
         query = {"name": "^" + re.escape(prefix)} if prefix else {}
         compute = self._compute()
-        servers = await self._call(lambda: list(compute.servers(details=True, **query)))
+        servers = await self._call(hostlist.collapse(wanted), lambda: list(compute.servers(details=True, **query)))
         found: dict[str, list[Any]] = {}
         for server in servers:
-            if (
-                server.name in wanted
-                and (server.metadata or {}).get("cluster") == self.config.cluster
-            ):
+            if server.name in wanted and (server.metadata or {}).get("cluster") == self.config.cluster:
                 found.setdefault(server.name, []).append(server)
         return found
 
-    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run one blocking SDK request, paced; retry 429/503 up to ``status_code_retries``."""
+    async def _call(self, who: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run one blocking SDK request for the node(s) ``who``, paced; retry 429/503."""
         attempt = 0
         while True:
             await self._wait_turn()
             try:
                 return await self._workers().run(fn, *args, **kwargs)
             except os_exc.HttpException as exc:
-                if (
-                    exc.status_code not in RETRY_STATUS
-                    or attempt >= self.config.status_code_retries
-                ):
+                if exc.status_code not in RETRY_STATUS or attempt >= self.config.status_code_retries:
                     raise
                 delay = _retry_delay(exc, attempt)
                 attempt += 1
                 self._paused_until = max(self._paused_until, time.monotonic() + delay)
                 log.warning(
-                    "HTTP %s from %s; retry %d of %d in %.1f s",
+                    "%s: HTTP %s from %s; retry %d of %d in %.1f s",
+                    who,
                     exc.status_code,
                     _url_path(exc),
                     attempt,
@@ -751,16 +710,13 @@ class OpenStackProvider(Provider):
                 os_exc.ConfigException,
             ) as exc:
                 raise ConfigError(
-                    f"providers.{self.name}.cloud: clouds.yaml entry {self.config.cloud!r} "
-                    f"cannot be used: {_one_line(exc)}"
+                    f"providers.{self.name}.cloud: clouds.yaml entry {self.config.cloud!r} cannot be used: {_one_line(exc)}"
                 ) from None
 
     async def _wait_turn(self) -> None:
         """Wait out a pause set by a 429/503, then for a token of the rate limit."""
         loop = asyncio.get_running_loop()
-        if (
-            self._bucket is None or self._bucket_loop is not loop
-        ):  # a bucket's lock lives in one loop
+        if self._bucket is None or self._bucket_loop is not loop:  # a bucket's lock lives in one loop
             self._bucket = TokenBucket(self.config.max_requests_per_second)
             self._bucket_loop = loop
         pause = self._paused_until - time.monotonic()
@@ -790,15 +746,10 @@ class OpenStackProvider(Provider):
 # ---------------------------------------------------------------------- helpers
 def _load_cloud(s: SettingsReader, cloud: str, clouds_file: str | None) -> Any:
     """The CloudRegion of ``cloud`` from clouds.yaml, with the SDK's status-code retries off."""
-    where = (
-        clouds_file
-        or "clouds.yaml (OS_CLIENT_CONFIG_FILE, ./, ~/.config/openstack/, /etc/openstack/)"
-    )
+    where = clouds_file or "clouds.yaml (OS_CLIENT_CONFIG_FILE, ./, ~/.config/openstack/, /etc/openstack/)"
     no_retries: dict[str, Any] = {f"{service}_status_code_retries": 0 for service in SERVICES}
     try:
-        loader = openstack.config.OpenStackConfig(
-            config_files=[clouds_file] if clouds_file else None, app_name="citc-power"
-        )
+        loader = openstack.config.OpenStackConfig(config_files=[clouds_file] if clouds_file else None, app_name="citc-power")
         if cloud not in loader.get_cloud_names():
             s.problem("cloud", f"no cloud {cloud!r} in {where}; add it there or fix the name")
             return None
@@ -824,15 +775,11 @@ def _opt_str(value: Any) -> str | None:
 
 
 def _names(nodes: Sequence[Node]) -> str:
-    return ",".join(n.name for n in nodes)
+    return hostlist.collapse(n.name for n in nodes)
 
 
 def _state(server: Any) -> PowerState:
-    if (
-        server is None
-        or server.task_state == "deleting"
-        or server.status in ("DELETED", "SOFT_DELETED")
-    ):
+    if server is None or server.task_state == "deleting" or server.status in ("DELETED", "SOFT_DELETED"):
         return PowerState.ABSENT
     return STATE_MAP.get(server.status, PowerState.UNKNOWN)
 

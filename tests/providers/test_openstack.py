@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,9 +36,7 @@ def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[OpenStackEmulator]:
 
 
 @pytest.fixture
-def clouds_yaml(
-    emulator: OpenStackEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Path:
+def clouds_yaml(emulator: OpenStackEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = emulator.write_clouds_yaml(tmp_path / "clouds.yaml")
     monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(path))
     return path
@@ -71,9 +70,7 @@ def make_provider(clouds_yaml: Path, user_data: Path) -> Iterator[Callable[..., 
             "max_requests_per_second": 200,
         }
         settings.update(overrides)
-        provider = OpenStackProvider.from_settings(
-            "os", {k: v for k, v in settings.items() if v is not None}
-        )
+        provider = OpenStackProvider.from_settings("os", {k: v for k, v in settings.items() if v is not None})
         made.append(provider)
         return provider
 
@@ -325,6 +322,26 @@ def test_refused_credentials_fail_every_node_with_code_auth(
     assert "rotated" not in outcomes[0].message and "appcred-secret-1" not in outcomes[0].message
 
 
+@pytest.mark.parametrize("auth", ["application_credential", "password"])
+def test_no_secret_reaches_the_log_even_at_debug(
+    emulator: OpenStackEmulator,
+    make_provider: Callable[..., OpenStackProvider],
+    clouds_yaml: Path,
+    caplog: pytest.LogCaptureFixture,
+    auth: str,
+) -> None:
+    emulator.write_clouds_yaml(clouds_yaml, auth=auth)
+    emulator.throttle_fraction = 0.2
+    emulator.throttle_retry_after = 0
+    caplog.set_level(logging.DEBUG)  # the SDK and keystoneauth log requests at debug
+    outcomes = run(make_provider().power_on([Node("cn-1")]))
+
+    assert outcomes[0].ok, outcomes
+    assert "keystoneauth" in caplog.text  # the SDK's own debug lines were captured
+    for secret in ("secret-password", "appcred-secret-1"):
+        assert secret not in caplog.text
+
+
 # ---------------------------------------------------------------------------- power off
 def test_power_off_deletes_servers_in_error_too_and_absent_is_success(
     emulator: OpenStackEmulator, make_provider: Callable[..., OpenStackProvider]
@@ -390,10 +407,7 @@ def test_reboot_rebuilds_only_the_server_whose_target_image_differs(
     emulator: OpenStackEmulator, make_provider: Callable[..., OpenStackProvider], source: str
 ) -> None:
     old, new = emulator.image_id("rocky-9"), emulator.image_id("rocky-9-new")
-    servers = {
-        n: emulator.add_server(n, image_id=old, metadata={"cluster": CLUSTER})
-        for n in ("cn-1", "cn-2")
-    }
+    servers = {n: emulator.add_server(n, image_id=old, metadata={"cluster": CLUSTER}) for n in ("cn-1", "cn-2")}
     settings: dict[str, Any] = {}
     if source == "setting":
         settings["image"] = "rocky-9-new"
@@ -472,12 +486,17 @@ def test_bad_settings_raise_one_config_error_naming_every_key(clouds_yaml: Path)
         assert f"providers.os.{key}:" in text, text
 
 
-def test_unknown_cloud_name_is_a_one_line_config_error(clouds_yaml: Path) -> None:
+@pytest.mark.parametrize("clouds_yaml_exists", [True, False])
+def test_unknown_cloud_name_or_no_clouds_yaml_is_a_one_line_config_error(
+    clouds_yaml: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, clouds_yaml_exists: bool
+) -> None:
+    if not clouds_yaml_exists:
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv("HOME", str(tmp_path))
+        monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(tmp_path / "nowhere" / "clouds.yaml"))
     with pytest.raises(ConfigError) as caught:
-        OpenStackProvider.from_settings(
-            "os", {"type": "openstack", "cloud": "prod", "cluster": CLUSTER}
-        )
-    assert caught.value.problems == [caught.value.problems[0]]
+        OpenStackProvider.from_settings("os", {"type": "openstack", "cloud": "prod", "cluster": CLUSTER})
+    assert len(caught.value.problems) == 1
     assert "\n" not in str(caught.value)
     assert str(caught.value).startswith("providers.os.cloud: no cloud 'prod' in clouds.yaml")
 
