@@ -501,6 +501,19 @@ def test_unknown_cloud_name_or_no_clouds_yaml_is_a_one_line_config_error(
     assert str(caught.value).startswith("providers.os.cloud: no cloud 'prod' in clouds.yaml")
 
 
+def test_clouds_yaml_entry_without_auth_url_is_a_config_error_naming_the_cloud(tmp_path: Path) -> None:
+    path = tmp_path / "clouds.yaml"
+    entry = {
+        "auth_type": "v3applicationcredential",
+        "auth": {"application_credential_id": "a", "application_credential_secret": "b"},
+    }
+    path.write_text(yaml.safe_dump({"clouds": {"site": entry}}))
+    with pytest.raises(ConfigError) as caught:
+        OpenStackProvider.from_settings("os", {"cloud": "site", "cluster": CLUSTER, "clouds_file": str(path)})
+    assert str(caught.value).startswith(f"providers.os.cloud: cloud 'site' in {path} cannot be used:")
+    assert "auth_url" in str(caught.value) and "\n" not in str(caught.value)
+
+
 def test_missing_clouds_file_is_a_config_error_naming_the_setting(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         OpenStackProvider.from_settings(
