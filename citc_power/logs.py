@@ -68,7 +68,7 @@ def setup(
         stream.addFilter(lambda record: getattr(record, "to_console", True))
         root.addHandler(stream)
     # SDKs are chatty at debug level and may print request details; keep them at warning
-    for noisy in ("oci", "urllib3", "keystoneauth", "openstack", "sushy", "pyipmi", "asyncio"):
+    for noisy in ("oci", "urllib3", "keystoneauth", "openstack", "stevedore", "sushy", "pyipmi", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if warning:
         logging.getLogger(__name__).warning("%s", warning)

@@ -67,7 +67,9 @@ case "$1" in
     if [ -f {root}/fail/$2 ]; then echo "code=capacity"; cat {root}/fail/$2 >&2; exit 1; fi
     case "$2" in {addresses} esac
     if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then exit 0; fi
-    {slurmd} -b -N "$2" -f {conf} </dev/null >/dev/null 2>&1 ;;
+    # every slurmd here shares one host name; RebootProgram, run by slurmd with no argument,
+    # finds its node through this variable, which slurmd passes on
+    SLURMD_NODENAME="$2" {slurmd} -b -N "$2" -f {conf} </dev/null >/dev/null 2>&1 ;;
   stop)
     [ -f "$pidfile" ] || exit 0
     pid=$(cat "$pidfile")
