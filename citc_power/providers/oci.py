@@ -30,6 +30,7 @@ import ipaddress
 import logging
 import random
 import re
+import secrets
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping, Optional, Sequence, TypeVar
@@ -47,9 +48,11 @@ T = TypeVar("T")
 DEFAULT_CONFIG_FILE = "~/.oci/config"
 PAGE_LIMIT = 1000  # items per list page asked for; the service may return fewer
 MAX_ATTEMPTS = 8  # per request, for errors worth retrying
-BACKOFF_BASE = 0.25  # seconds; doubled per attempt, with jitter
-BACKOFF_CAP = 10.0
-VANISHED_ROUNDS = 3  # polls an instance may be missing from ListInstances before we give up on it
+BACKOFF_BASE = 0.1  # seconds; doubled per attempt, with jitter
+BACKOFF_CAP = 8.0
+# how long an instance may be missing from ListInstances (which lags behind launches a little)
+# before we give up on it
+VANISHED_SECONDS = 20.0
 
 # lifecycle states (oci.core.models.Instance.LIFECYCLE_STATE_*)
 RUNNING, TERMINATED, TERMINATING = "RUNNING", "TERMINATED", "TERMINATING"
@@ -123,9 +126,10 @@ class Shape:
 class RequestFailed(ProviderError):
     """An API request failed for good; ``status`` is the HTTP status, if there was an answer."""
 
-    def __init__(self, code: str, message: str, status: Optional[int] = None):
+    def __init__(self, code: str, message: str, status: Optional[int] = None, retryable: bool = False):
         super().__init__(code, message)
         self.status = status
+        self.retryable = retryable  # it was given up only for lack of attempts
 
 
 @dataclasses.dataclass
@@ -292,10 +296,10 @@ class _Api:
         session.mount("https://", https(pool_maxsize=self.s.concurrency))
 
     async def call(self, what: str, op: str, deadline: Deadline, fn: Callable[..., T],
-                   *args: Any, **kwargs: Any) -> T:
+                   *args: Any, attempts: int = MAX_ATTEMPTS, **kwargs: Any) -> T:
         """One API request, paced, retried while worth it and time allows.
 
-        :raises ProviderError: the request failed for good; ``code`` is the outcome code.
+        :raises RequestFailed: the request failed for good; ``code`` is the outcome code.
         """
         self._same_loop()
         attempt = 0
@@ -311,8 +315,9 @@ class _Api:
             if failure.status == 429:
                 # the server counts differently or others share the limit: slow everyone down
                 self.bucket.penalise(failure.retry_after or 1.0 / self.bucket.rate)
-            if not failure.retryable or attempt >= MAX_ATTEMPTS or delay >= deadline.remaining():
-                raise RequestFailed(failure.code, f"{op} failed: {failure.message}", failure.status)
+            if not failure.retryable or attempt >= attempts or delay >= deadline.remaining():
+                raise RequestFailed(failure.code, f"{op} failed: {failure.message}", failure.status,
+                                    failure.retryable)
             log.debug("%s: %s failed (%s); retry %d in %.2fs", what, op, failure.message, attempt, delay)
             await asyncio.sleep(delay)
 
@@ -325,20 +330,22 @@ class _Api:
             self.slots = asyncio.Semaphore(self.s.concurrency)
 
     async def list_all(self, what: str, op: str, deadline: Deadline, fn: Callable[..., Any],
-                       *args: Any, **kwargs: Any) -> list[Any]:
+                       *args: Any, attempts: int = MAX_ATTEMPTS, **kwargs: Any) -> list[Any]:
         """Every item of a paginated list operation, each page paced and retried."""
         items: list[Any] = []
         page: Optional[str] = None
         while True:
             extra = {"page": page} if page else {}
-            response = await self.call(what, op, deadline, fn, *args, limit=PAGE_LIMIT, **kwargs, **extra)
+            response = await self.call(what, op, deadline, fn, *args, attempts=attempts,
+                                       limit=PAGE_LIMIT, **kwargs, **extra)
             items.extend(response.data)
             page = response.next_page
             if not page:
                 return items
 
-    async def list_instances(self, what: str, deadline: Deadline) -> list[Any]:
-        return await self.list_all(what, "ListInstances", deadline, self.compute.list_instances, self.s.compartment)
+    async def list_instances(self, what: str, deadline: Deadline, attempts: int = MAX_ATTEMPTS) -> list[Any]:
+        return await self.list_all(what, "ListInstances", deadline, self.compute.list_instances,
+                                   self.s.compartment, attempts=attempts)
 
     def close(self) -> None:
         self.pool.close()
@@ -351,7 +358,8 @@ class _Watcher:
     """Waits for many instances at once: one ListInstances per round for all of them.
 
     Callers await :meth:`running` (RUNNING and the primary VNIC's address known) or
-    :meth:`reaches` (one of some lifecycle states). The polling task runs while anyone waits.
+    :meth:`reaches` (one of some lifecycle states). The polling task runs while anyone waits;
+    VNIC reads run beside it, so one slow read never holds up the others' rounds.
     """
 
     def __init__(self, api: _Api, deadline: Deadline, interval: float):
@@ -360,8 +368,11 @@ class _Watcher:
         self.interval = interval
         self._states: dict[str, list[tuple[frozenset[str], asyncio.Future]]] = {}
         self._running: dict[str, list[asyncio.Future]] = {}
-        self._missing: dict[str, int] = {}
-        self._vnics: dict[str, Any] = {}  # instance id -> Vnic, once read
+        self._up: dict[str, Any] = {}  # RUNNING instances whose VNIC is still to be read
+        self._reading: set[str] = set()  # instance ids with a GetVnic under way
+        self._tasks: set[asyncio.Task] = set()
+        self._missing: dict[str, float] = {}  # instance id -> when first missing
+        self._wake = asyncio.Event()
         self._task: Optional[asyncio.Task] = None
 
     async def reaches(self, instance_id: str, states: frozenset[str]) -> Optional[Any]:
@@ -374,14 +385,17 @@ class _Watcher:
         self._start()
         return await future
 
-    async def running(self, instance_id: str) -> tuple[Any, Any]:
+    async def running(self, instance: Any) -> tuple[Any, Any]:
         """(Instance, Vnic) once the instance is RUNNING and its private IP is known.
 
         :raises ProviderError: it was terminated or stopped meanwhile, ``timeout``, or a failed
             request.
         """
         future = asyncio.get_running_loop().create_future()
-        self._running.setdefault(instance_id, []).append(future)
+        self._running.setdefault(instance.id, []).append(future)
+        if instance.lifecycle_state == RUNNING:  # no need to wait for a round to know that
+            self._up[instance.id] = instance
+            self._wake.set()
         self._start()
         result: tuple[Any, Any] = await future
         return result
@@ -391,32 +405,49 @@ class _Watcher:
             self._task = asyncio.create_task(self._poll())
 
     async def close(self) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        for task in [self._task, *self._tasks]:
+            if task is not None and not task.done():
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
 
     def _waiting(self) -> list[str]:
-        return sorted(set(self._states) | set(self._running))
+        """Instances a poll round must look at: not those whose VNIC is being read."""
+        return sorted(set(self._states) | (set(self._running) - self._reading))
 
     async def _poll(self) -> None:
+        clock = asyncio.get_running_loop().time
+        next_round = clock() + self.interval
         while self._states or self._running:
-            await asyncio.sleep(min(self.interval, self.deadline.remaining()))
+            if not self._up:
+                # woken early when an instance is known RUNNING or a waiter is settled
+                timeout = min(max(0.0, next_round - clock()), self.deadline.remaining())
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                except asyncio.TimeoutError:
+                    pass
+                self._wake.clear()
             if self.deadline.expired():
                 self._fail_all(ProviderError(TIMEOUT, "the instance did not come up before launch_timeout"))
                 return
             try:
-                await self._round()
-            except ProviderError as exc:
-                self._fail_all(exc)
-                return
+                if self._up:
+                    await self._read_addresses()
+                elif clock() >= next_round and self._waiting():
+                    next_round = clock() + self.interval
+                    await self._round()
+            except RequestFailed as exc:
+                if not exc.retryable:
+                    self._fail_all(exc)
+                    return
+                # a poll is repeated anyway: try again next round rather than back off
+                log.debug("poll of %s: %s; again in %.1fs", names_of(self._waiting()), exc, self.interval)
 
     async def _round(self) -> None:
         what = f"poll {len(self._waiting())} instances"
-        instances = {i.id: i for i in await self.api.list_instances(what, self.deadline)}
-        up = []
+        instances = {i.id: i for i in await self.api.list_instances(what, self.deadline, attempts=1)}
         for iid in self._waiting():
             instance = instances.get(iid)
             if instance is None:
@@ -424,14 +455,15 @@ class _Watcher:
                 continue
             self._missing.pop(iid, None)
             self._settle_states(iid, instance)
-            if iid in self._running:
-                if instance.lifecycle_state == RUNNING:
-                    up.append(instance)
-                elif instance.lifecycle_state not in COMING_UP:
-                    self._settle_running(iid, exc=ProviderError(
-                        ERROR, f"instance {iid} became {instance.lifecycle_state} while starting"))
-        if up:
-            await self._addresses(up)
+            if iid not in self._running:
+                continue
+            if instance.lifecycle_state == RUNNING:
+                self._up[iid] = instance
+            elif instance.lifecycle_state not in COMING_UP:
+                self._settle_running(iid, exc=ProviderError(
+                    ERROR, f"instance {iid} became {instance.lifecycle_state} while starting"))
+        if self._up:
+            await self._read_addresses()
 
     def _settle_states(self, iid: str, instance: Any) -> None:
         keep = []
@@ -444,41 +476,45 @@ class _Watcher:
             self._states[iid] = keep
 
     def _vanished(self, iid: str) -> None:
-        # ListInstances stops showing an instance some time after it is TERMINATED
-        for states, future in self._states.pop(iid, []):
+        # ListInstances stops showing an instance some time after it is TERMINATED, and shows a
+        # new one a little after its launch
+        for _, future in self._states.pop(iid, []):
             _resolve(future, None)
-        self._missing[iid] = self._missing.get(iid, 0) + 1
-        if iid in self._running and self._missing[iid] >= VANISHED_ROUNDS:
+        since = self._missing.setdefault(iid, time.monotonic())
+        if iid in self._running and time.monotonic() - since >= VANISHED_SECONDS:
             self._settle_running(iid, exc=ProviderError(ERROR, f"instance {iid} is no longer listed"))
 
-    async def _addresses(self, instances: list[Any]) -> None:
-        wanted = {i.id: i for i in instances if i.id not in self._vnics}
-        if wanted:
-            attachments = await self.api.list_all(
-                f"VNICs of {len(wanted)} instances", "ListVnicAttachments", self.deadline,
-                self.api.compute.list_vnic_attachments, self.api.s.compartment)
-            primary = {}
-            for a in attachments:
-                if a.instance_id in wanted and a.lifecycle_state == "ATTACHED" and not a.nic_index:
-                    primary[a.instance_id] = a.vnic_id
-            await asyncio.gather(*(self._read_vnic(wanted[iid], vid) for iid, vid in primary.items()))
-        for instance in instances:
-            vnic = self._vnics.get(instance.id)
-            if vnic is not None and vnic.private_ip:
-                self._settle_running(instance.id, value=(instance, vnic))
+    async def _read_addresses(self) -> None:
+        """One ListVnicAttachments for the RUNNING instances, then a GetVnic task for each."""
+        up, self._up = self._up, {}  # on failure the next round finds them RUNNING again
+        attachments = await self.api.list_all(
+            f"VNICs of {len(up)} instances", "ListVnicAttachments", self.deadline,
+            self.api.compute.list_vnic_attachments, self.api.s.compartment, attempts=1)
+        for a in attachments:
+            instance = up.get(a.instance_id)
+            if instance is not None and a.lifecycle_state == "ATTACHED" and not a.nic_index:
+                self._reading.add(instance.id)
+                task = asyncio.create_task(self._read_vnic(instance, a.vnic_id))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        # an instance not attached yet is looked at again in the next round
 
     async def _read_vnic(self, instance: Any, vnic_id: str) -> None:
         try:
-            vnic = await self.api.call(instance.display_name, "GetVnic", self.deadline,
-                                       self.api.network.get_vnic, vnic_id)
+            response = await self.api.call(instance.display_name, "GetVnic", self.deadline,
+                                           self.api.network.get_vnic, vnic_id)
         except ProviderError as exc:
             self._settle_running(instance.id, exc=exc)
             return
-        self._vnics[instance.id] = vnic.data
+        finally:
+            self._reading.discard(instance.id)
+        if response.data.private_ip:
+            self._settle_running(instance.id, value=(instance, response.data))
 
     def _settle_running(self, iid: str, value: Any = None, exc: Optional[BaseException] = None) -> None:
         for future in self._running.pop(iid, []):
             _resolve(future, value, exc)
+        self._wake.set()  # the loop may have nothing left to wait for
 
     def _fail_all(self, exc: ProviderError) -> None:
         for iid in list(self._states):
@@ -576,7 +612,7 @@ class OciProvider(Provider):
             identity_endpoint=_url(r, "identity_endpoint"),
             rate=r.float("max_requests_per_second", default=10.0, minimum=0.1),
             concurrency=r.int("concurrency", default=16, minimum=1),
-            launch_timeout=r.float("launch_timeout", default=300.0, minimum=10),
+            launch_timeout=r.float("launch_timeout", default=300.0, minimum=1),
             poll_interval=r.float("poll_interval", default=3.0, minimum=0.05),
         )
         r.done()
@@ -604,8 +640,9 @@ class OciProvider(Provider):
     def _call(self, api: _Api) -> _Call:
         return _Call(api, self.s.launch_timeout, self.s.poll_interval)
 
-    async def _live(self, api: _Api, call: _Call, nodes: Sequence[Node]) -> dict[str, list[Any]]:
-        """Live (not TERMINATED) instances of this cluster for each node, best first.
+    async def _instances(self, api: _Api, call: _Call, nodes: Sequence[Node]) -> dict[str, list[Any]]:
+        """This cluster's instances of each node: live ones best first, then TERMINATED ones,
+        newest first.
 
         :raises ProviderError: the listing failed.
         """
@@ -614,13 +651,15 @@ class OciProvider(Provider):
         for instance in await api.list_instances(names_of(nodes), call.deadline):
             tags = instance.freeform_tags or {}
             node = tags.get("node", instance.display_name)
-            if tags.get("cluster") == self.s.cluster and node in wanted and instance.lifecycle_state != TERMINATED:
+            if tags.get("cluster") == self.s.cluster and node in wanted:
                 found.setdefault(node, []).append(instance)
         for node, instances in found.items():
+            instances.sort(key=lambda i: str(i.time_created or ""), reverse=True)
             instances.sort(key=lambda i: PREFERENCE.get(i.lifecycle_state, 9))
-            if len(instances) > 1:
-                log.warning("%s: %d live instances (%s); using %s", node, len(instances),
-                            ", ".join(i.id for i in instances), instances[0].id)
+            live = _live(instances)
+            if len(live) > 1:
+                log.warning("%s: %d live instances (%s); using %s", node, len(live),
+                            ", ".join(i.id for i in live), live[0].id)
         return found
 
     async def _batch(self, nodes: Sequence[Node], what: str,
@@ -631,13 +670,13 @@ class OciProvider(Provider):
         api = await self._connected()
         call = self._call(api)
         try:
-            live = await self._live(api, call, nodes)
+            found = await self._instances(api, call, nodes)
         except ProviderError as exc:
             log.error("%s: cannot list instances to %s: %s", names_of(nodes), what, exc)
             return [Outcome.failure(n.name, exc.code, str(exc)) for n in nodes]
         try:
             return list(await asyncio.gather(*(
-                self._guarded(node, what, each(api, call, node, live.get(node.name, []))) for node in nodes
+                self._guarded(node, what, each(api, call, node, found.get(node.name, []))) for node in nodes
             )))
         finally:
             await call.watcher.close()
@@ -667,35 +706,42 @@ class OciProvider(Provider):
         """
         return await self._batch(nodes, "power on", self._bring_up)
 
-    async def _bring_up(self, api: _Api, call: _Call, node: Node, live: list[Any],
-                        plan: Optional[_Plan] = None, salt: str = "") -> Outcome:
+    async def _bring_up(self, api: _Api, call: _Call, node: Node, instances: list[Any],
+                        plan: Optional[_Plan] = None) -> Outcome:
+        live = _live(instances)
         instance: Any = live[0] if live else None
+        # The launch token names the node's previous instance: the same in a re-run of this
+        # request, different after every power cycle (so a new launch never replays an old one).
+        previous = next((i.id for i in instances if i.lifecycle_state == TERMINATED), "")
         for _ in range(5):  # each turn moves the instance one lifecycle step nearer RUNNING
             state = instance.lifecycle_state if instance is not None else TERMINATED
             if state in COMING_UP:
                 return await self._report_up(call, node, instance)
             if state == STOPPED:
-                await api.call(node.name, "InstanceAction START", call.deadline,
-                               api.compute.instance_action, instance.id, "START",
-                               opc_retry_token=retry_token(instance.id, "START", self._epoch()))
-                log.info("%s: starting stopped instance %s", node.name, instance.id)
+                await self._action(api, call, node, instance, "START")
                 return await self._report_up(call, node, instance)
             if state in (STOPPING, TERMINATING):
                 log.info("%s: waiting for instance %s to finish %s", node.name, instance.id, state.lower())
-                old = instance.id
-                instance = await call.watcher.reaches(old, frozenset({STOPPED, TERMINATED}))
-                salt = f"{salt}/after/{old}"  # a new launch must not replay the old one's token
+                previous = instance.id
+                instance = await call.watcher.reaches(previous, frozenset({STOPPED, TERMINATED}))
                 continue
             plan = plan or await self._plan(api, call, node)
-            instance = await self._launch(api, call, node, plan, salt)
+            instance = await self._launch(api, call, node, plan, previous)
             if instance.lifecycle_state in (TERMINATING, TERMINATED):
-                # the token was already used by an instance since terminated: make a new one
-                salt = f"{salt}/{instance.id}"
+                log.info("%s: launch token led to %s, already %s; launching anew",
+                         node.name, instance.id, instance.lifecycle_state)
+                previous, instance = instance.id, None
         return Outcome.failure(node.name, ERROR, "instance kept changing state; try again")
+
+    async def _action(self, api: _Api, call: _Call, node: Node, instance: Any, action: str) -> None:
+        """InstanceAction, its retries sharing one token so that a lost answer is not acted twice."""
+        log.info("%s: %s instance %s", node.name, action, instance.id)
+        await api.call(node.name, f"InstanceAction {action}", call.deadline, api.compute.instance_action,
+                       instance.id, action, opc_retry_token=secrets.token_hex(16))
 
     async def _report_up(self, call: _Call, node: Node, instance: Any) -> Outcome:
         try:
-            instance, vnic = await call.watcher.running(instance.id)
+            instance, vnic = await call.watcher.running(instance)
         except ProviderError as exc:
             return Outcome.failure(node.name, exc.code, str(exc), instance_id=instance.id,
                                    instance_type=instance.shape)
@@ -705,17 +751,13 @@ class OciProvider(Provider):
             instance_id=instance.id, instance_type=instance.shape,
         )
 
-    def _epoch(self) -> str:
-        # coarse time: a re-run within the same launch window reuses the token
-        return str(int(time.time() // self.s.launch_timeout))
-
-    async def _launch(self, api: _Api, call: _Call, node: Node, plan: _Plan, salt: str) -> Any:
+    async def _launch(self, api: _Api, call: _Call, node: Node, plan: _Plan, previous: str) -> Any:
         """LaunchInstance with a retry token that is stable across retries and re-runs.
 
         :raises ProviderError: capacity, limit, bad settings, or retries exhausted.
         """
         token = retry_token(self.s.cluster, node.name, plan.shape.name, str(plan.shape.ocpus),
-                            str(plan.shape.memory_in_gbs), plan.ad, plan.image, self._epoch(), salt)
+                            str(plan.shape.memory_in_gbs), plan.ad, plan.image, previous)
         details = self._launch_details(node, plan)
         log.info("%s: launching %s in %s", node.name, plan.shape.name, plan.ad)
         response = await api.call(node.name, "LaunchInstance", call.deadline,
@@ -821,9 +863,9 @@ class OciProvider(Provider):
         """
         return await self._batch(nodes, "power off", self._terminate)
 
-    async def _terminate(self, api: _Api, call: _Call, node: Node, live: list[Any]) -> Outcome:
+    async def _terminate(self, api: _Api, call: _Call, node: Node, instances: list[Any]) -> Outcome:
         done = []
-        for instance in live:
+        for instance in _live(instances):
             if instance.lifecycle_state == TERMINATING:
                 done.append(instance.id)
                 continue
@@ -847,19 +889,20 @@ class OciProvider(Provider):
         """
         return await self._batch(nodes, "reboot", self._reboot_one)
 
-    async def _reboot_one(self, api: _Api, call: _Call, node: Node, live: list[Any]) -> Outcome:
+    async def _reboot_one(self, api: _Api, call: _Call, node: Node, instances: list[Any]) -> Outcome:
+        live = _live(instances)
         instance = live[0] if live else None
         if instance is None or instance.lifecycle_state != RUNNING:
-            return await self._bring_up(api, call, node, live)
+            return await self._bring_up(api, call, node, instances)
         plan = await self._plan(api, call, node)
         if _image_of(instance) != plan.image:
             log.info("%s: rebuilding %s from image %s", node.name, instance.id, plan.image)
             await api.call(node.name, "TerminateInstance", call.deadline,
                            api.compute.terminate_instance, instance.id, preserve_boot_volume=False)
             await call.watcher.reaches(instance.id, frozenset({TERMINATED}))
-            return await self._bring_up(api, call, node, [], plan, salt=f"rebuild/{instance.id}")
-        await api.call(node.name, "InstanceAction SOFTRESET", call.deadline, api.compute.instance_action,
-                       instance.id, "SOFTRESET", opc_retry_token=retry_token(instance.id, "SOFTRESET", self._epoch()))
+            instance.lifecycle_state = TERMINATED  # now the node's previous instance
+            return await self._bring_up(api, call, node, [instance], plan)
+        await self._action(api, call, node, instance, "SOFTRESET")
         return Outcome.success(node.name, f"soft reset {instance.id}", instance_id=instance.id,
                                instance_type=instance.shape)
 
@@ -873,13 +916,13 @@ class OciProvider(Provider):
             return {}
         api = await self._connected()
         try:
-            live = await self._live(api, self._call(api), nodes)
+            found = await self._instances(api, self._call(api), nodes)
         except ProviderError as exc:
             log.error("%s: cannot read power state: %s", names_of(nodes), exc)
             return {n.name: PowerState.UNKNOWN for n in nodes}
         states = {}
         for node in nodes:
-            instances = live.get(node.name)
+            instances = found.get(node.name)
             state = instances[0].lifecycle_state if instances else TERMINATED
             states[node.name] = STATE_MAP.get(state, PowerState.TRANSITION)
         return states
@@ -891,6 +934,10 @@ class OciProvider(Provider):
 
 
 # --------------------------------------------------------------------- helpers
+def _live(instances: list[Any]) -> list[Any]:
+    return [i for i in instances if i.lifecycle_state != TERMINATED]
+
+
 def _image_of(instance: Any) -> Optional[str]:
     source = getattr(instance, "source_details", None)
     return getattr(source, "image_id", None) or getattr(instance, "image_id", None)

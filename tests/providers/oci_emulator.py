@@ -61,6 +61,8 @@ class Faults:
     rate_limit: Optional[float] = None  # server-side token bucket, requests per second
     rate_burst: float = 5.0
     retry_after: Optional[int] = None  # seconds sent in Retry-After with every 429
+    throttle_first: int = 0  # the first N requests (of ``operations``) get 429
+    list_lag: float = 0.0  # ListInstances shows an instance only this long after its launch
 
 
 class _RateLimiter:
@@ -180,11 +182,15 @@ class OciEmulator:
 
     def start(self) -> "OciEmulator":
         self._server = _Server(("127.0.0.1", 0), _handler_for(self))
-        for target in (self._server.serve_forever, self._tick, self._run_hooks):
+        for target in (self._serve, self._tick, self._run_hooks):
             thread = threading.Thread(target=target, daemon=True, name=f"oci-emu-{target.__name__}")
             thread.start()
             self._threads.append(thread)
         return self
+
+    def _serve(self) -> None:
+        assert self._server is not None
+        self._server.serve_forever(poll_interval=0.05)  # a quick shutdown keeps tests fast
 
     def stop(self) -> None:
         with self._wake:
@@ -314,6 +320,7 @@ class OciEmulator:
             "lifecycleState": "PROVISIONING",
             "timeCreated": _now_iso(),
             "_gen": 0,
+            "_born": time.monotonic(),
         }
         vnic = {
             "id": _ocid("vnic"),
@@ -414,9 +421,11 @@ class OciEmulator:
     def action(self, iid: str, action: str) -> dict[str, Any]:
         instance = self._instance(iid)
         state = instance["lifecycleState"]
-        if action == "START" and state in ("STOPPED",):
+        if action == "START" and state == "STOPPED":
             instance["lifecycleState"] = "STARTING"
             self._schedule(instance, [(self.start_delay, "RUNNING")])
+        elif action == "START" and state in ("STARTING", "RUNNING"):
+            pass  # already what was asked
         elif action in ("STOP", "SOFTSTOP") and state == "RUNNING":
             instance["lifecycleState"] = "STOPPING"
             self._schedule(instance, [(self.stop_delay, "STOPPED")])
@@ -431,9 +440,10 @@ class OciEmulator:
         return self._public(instance)
 
     def list_instances(self, q: dict[str, str]) -> list[dict[str, Any]]:
+        seen_before = time.monotonic() - self.faults.list_lag
         return [
             self._public(i) for i in self.instances.values()
-            if i["compartmentId"] == q.get("compartmentId")
+            if i["compartmentId"] == q.get("compartmentId") and i["_born"] <= seen_before
             and q.get("displayName") in (None, i["displayName"])
             and q.get("lifecycleState") in (None, i["lifecycleState"])
             and q.get("availabilityDomain") in (None, i["availabilityDomain"])
@@ -521,6 +531,10 @@ class OciEmulator:
         with self._lock:
             if not self._applies(op):
                 return
+            if faults.throttle_first > 0:
+                faults.throttle_first -= 1
+                self.injected["throttle"] += 1
+                raise ApiError(429, "TooManyRequests", "Too many requests")
             if faults.throttle_fraction and roll() < faults.throttle_fraction:
                 self.injected["throttle"] += 1
                 raise ApiError(429, "TooManyRequests", "Too many requests")
