@@ -12,13 +12,17 @@ import pwd
 import shutil
 import stat
 import subprocess
+import re
 import sys
 import sysconfig
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from minicluster import MiniCluster, SimNode, slurm_available
 
 REPO = Path(__file__).parents[2]
 ANSIBLE = REPO / "ansible"
@@ -258,3 +262,97 @@ def test_a_changed_setting_reconfigures_slurmctld(applied):
     assert result.returncode == 0, result.stdout[-3000:]
     assert "SuspendTime=600\n" in run.include.read_text()
     assert run.calls.read_text() == before + "reconfigure\n"
+
+
+# -- the rendered files driving a real slurmctld --------------------------------------------------
+
+# what the role's include sets; the harness's own values of these keys are left out
+INCLUDE_KEYS = ("ResumeProgram", "SuspendProgram", "ResumeFailProgram", "RebootProgram", "SuspendTime",
+                "SuspendTimeout", "ResumeTimeout", "ResumeRate", "SuspendRate", "SlurmctldParameters",
+                "ReturnToService", "PrivateData", "DebugFlags", "TreeWidth", "CommunicationParameters")
+
+
+class RoleCluster(MiniCluster):
+    """A mini-cluster whose power saving and nodes come from the role (include, wrappers, finish)."""
+
+    def __init__(self, root: Path, applied: Applied, wheels: Path):
+        super().__init__(root, [SimNode("cn1"), SimNode("cn2")])
+        self.applied = applied
+        self.wheels = wheels
+
+    def render_slurm_conf(self) -> str:
+        keep = [line for line in super().render_slurm_conf().splitlines()
+                if line.split("=", 1)[0] not in INCLUDE_KEYS and not line.startswith(("NodeName=", "PartitionName="))]
+        return "\n".join(keep) + "\n"
+
+    def limits(self, names: tuple[str, ...] = ("cn1", "cn2")) -> dict[str, Any]:
+        # one group per node: each slurmd of the mini-cluster listens on its own port
+        return {"groups": [{"nodes": n.name, "cpus": n.cpus, "real_memory": n.real_memory,
+                            "features": {"rack": f"r{i}"}, "options": {"Port": n.port}}
+                           for i, n in enumerate(self.nodes, 1) if n.name in names]}
+
+    def _write_files(self) -> None:
+        super()._write_files()
+        result = self.applied.apply(
+            self.wheels, citc_power_slurm_conf=str(self.slurm_conf),
+            citc_power_slurm_include=str(self.root / "citc-power.conf"),
+            citc_power_slurm_user="root", citc_power_slurm_group="root",
+            citc_power_groups=[{"nodes": "cn[1-2]", "provider": "local"}],
+            citc_power_providers=self.default_power_config()["providers"],
+            citc_power_limits=self.limits(), citc_power_log_level="debug",
+            citc_power_suspend_time=10, citc_power_suspend_timeout=5, citc_power_resume_timeout=60)
+        assert result.returncode == 0, result.stdout[-4000:]
+
+
+@pytest.fixture(scope="module")
+def role_cluster(applied) -> Any:
+    """One cluster for the tests below (applying the role and starting Slurm take a while)."""
+    reason = slurm_available()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"real-Slurm tests cannot run in CI: {reason}")
+        pytest.skip(reason)
+    run, wheels, _ = applied
+    root = Path(tempfile.mkdtemp(prefix="mini-", dir="/tmp"))  # munge's socket path must stay short
+    cluster = RoleCluster(root, run, wheels)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.slurm
+def test_rendered_files_power_nodes_of_a_real_slurmctld_up_and_down(role_cluster: RoleCluster):
+    cluster = role_cluster
+    run = cluster.applied
+    assert f"Include {cluster.root}/citc-power.conf" in cluster.slurm_conf.read_text()
+    for i, name in enumerate(("cn1", "cn2"), 1):
+        node = cluster.node(name)
+        assert node["AvailableFeatures"] == f"rack=r{i}"
+        assert {"CLOUD", "POWERED_DOWN"} <= set(node["State"].split("+"))
+
+    job = cluster.sbatch("-N2", "-w", "cn[1-2]")
+    cluster.wait_job_state(job, "COMPLETED", 120)
+    for name in ("cn1", "cn2"):
+        cluster.wait_node_state(name, r"idle~", 60)
+        assert not cluster.slurmd_running(name)
+    log = (run.logs / "citc-power.log").read_text()
+    assert re.search(r"resume\] .*resume cn1: done", log), log[-2000:]
+    assert re.search(r"suspend cn\[1-2\]|suspend cn1", log), log[-2000:]
+
+
+@pytest.mark.slurm
+def test_finish_refuses_to_remove_a_node_a_real_slurmctld_has_powered_up(role_cluster: RoleCluster):
+    cluster = role_cluster
+    cluster.scontrol("update", "nodename=cn2", "state=power_up")
+    cluster.wait_node_state("cn2", r"idle", 60)
+    limits_file = cluster.root / "fewer.yaml"
+    limits_file.write_text(yaml.safe_dump(cluster.limits(("cn1",))))
+    before = cluster.slurm_conf.read_bytes()
+    proc = cluster.run(str(cluster.applied.venv / "bin/finish"), str(limits_file), "--slurm-conf",
+                       str(cluster.slurm_conf), check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr == ("finish: cn2 would be removed while powered up; power them down first (stopnode)"
+                           " or use --force\n")
+    assert cluster.slurm_conf.read_bytes() == before
