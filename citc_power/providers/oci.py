@@ -223,6 +223,19 @@ class _Settings:
     poll_interval: float
 
 
+class _NoGate:
+    """An async context manager that lets everyone through."""
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+_NO_GATE = _NoGate()
+
+
 class _Api:
     """The SDK clients behind the pacing, the thread pool and the one retry loop."""
 
@@ -232,7 +245,9 @@ class _Api:
         self.bucket = TokenBucket(settings.rate)
         self.slots = asyncio.Semaphore(settings.concurrency)
         self._loop = asyncio.get_running_loop()
-        self.pool = BlockingPool(settings.concurrency, name="citc-oci")
+        self.pending = 0  # requests waiting for their turn
+        # the watcher's requests run beside the ``concurrency`` node requests
+        self.pool = BlockingPool(settings.concurrency + 2, name="citc-oci")
         self.compute: Any = None
         self.network: Any = None
         self.identity: Any = None
@@ -295,21 +310,22 @@ class _Api:
         https = getattr(oci.base_client, "OCIHTTPAdapter", adapters.HTTPAdapter)
         session.mount("https://", https(pool_maxsize=self.s.concurrency))
 
-    async def call(self, what: str, op: str, deadline: Deadline, fn: Callable[..., T],
-                   *args: Any, attempts: int = MAX_ATTEMPTS, **kwargs: Any) -> T:
+    async def call(self, what: str, op: str, deadline: Deadline, fn: Callable[..., T], *args: Any,
+                   attempts: int = MAX_ATTEMPTS, priority: bool = False, **kwargs: Any) -> T:
         """One API request, paced, retried while worth it and time allows.
+
+        ``priority`` requests (the watcher's, one at a time) skip the queue of node requests,
+        though not the rate limit, so that a poll is not stuck behind hundreds of launches.
 
         :raises RequestFailed: the request failed for good; ``code`` is the outcome code.
         """
         self._same_loop()
         attempt = 0
         while True:
-            async with self.slots:
-                await self.bucket.acquire()
-                try:
-                    return await self.pool.run(fn, *args, **kwargs)
-                except Exception as exc:  # noqa: BLE001 - classify() re-raises what is not the SDK's
-                    failure = classify(exc)
+            try:
+                return await self._attempt(fn, args, kwargs, priority)
+            except Exception as exc:  # noqa: BLE001 - classify() re-raises what is not the SDK's
+                failure = classify(exc)
             attempt += 1
             delay = backoff(attempt, failure.retry_after)
             if failure.status == 429:
@@ -321,6 +337,20 @@ class _Api:
             log.debug("%s: %s failed (%s); retry %d in %.2fs", what, op, failure.message, attempt, delay)
             await asyncio.sleep(delay)
 
+    async def _attempt(self, fn: Callable[..., T], args: Any, kwargs: Any, priority: bool) -> T:
+        gate: Any = _NO_GATE if priority else self.slots
+        self.pending += 1
+        queued = True
+        try:
+            async with gate:
+                await self.bucket.acquire()
+                self.pending -= 1
+                queued = False
+                return await self.pool.run(fn, *args, **kwargs)
+        finally:
+            if queued:
+                self.pending -= 1
+
     def _same_loop(self) -> None:
         # asyncio primitives belong to one event loop; a caller may run each call in its own
         loop = asyncio.get_running_loop()
@@ -329,23 +359,24 @@ class _Api:
             self.bucket = TokenBucket(self.s.rate)
             self.slots = asyncio.Semaphore(self.s.concurrency)
 
-    async def list_all(self, what: str, op: str, deadline: Deadline, fn: Callable[..., Any],
-                       *args: Any, attempts: int = MAX_ATTEMPTS, **kwargs: Any) -> list[Any]:
+    async def list_all(self, what: str, op: str, deadline: Deadline, fn: Callable[..., Any], *args: Any,
+                       attempts: int = MAX_ATTEMPTS, priority: bool = False, **kwargs: Any) -> list[Any]:
         """Every item of a paginated list operation, each page paced and retried."""
         items: list[Any] = []
         page: Optional[str] = None
         while True:
             extra = {"page": page} if page else {}
-            response = await self.call(what, op, deadline, fn, *args, attempts=attempts,
+            response = await self.call(what, op, deadline, fn, *args, attempts=attempts, priority=priority,
                                        limit=PAGE_LIMIT, **kwargs, **extra)
             items.extend(response.data)
             page = response.next_page
             if not page:
                 return items
 
-    async def list_instances(self, what: str, deadline: Deadline, attempts: int = MAX_ATTEMPTS) -> list[Any]:
+    async def list_instances(self, what: str, deadline: Deadline, attempts: int = MAX_ATTEMPTS,
+                             priority: bool = False) -> list[Any]:
         return await self.list_all(what, "ListInstances", deadline, self.compute.list_instances,
-                                   self.s.compartment, attempts=attempts)
+                                   self.s.compartment, attempts=attempts, priority=priority)
 
     def close(self) -> None:
         self.pool.close()
@@ -413,6 +444,11 @@ class _Watcher:
                 except asyncio.CancelledError:
                     pass
 
+    def _interval(self) -> float:
+        """Seconds to the next round: longer while many requests are queued, since what a
+        round would find could not be acted on before the queue drains anyway."""
+        return max(self.interval, self.api.pending / self.api.bucket.rate / 2)
+
     def _waiting(self) -> list[str]:
         """Instances a poll round must look at: not those whose VNIC is being read."""
         return sorted(set(self._states) | (set(self._running) - self._reading))
@@ -436,8 +472,8 @@ class _Watcher:
                 if self._up:
                     await self._read_addresses()
                 elif clock() >= next_round and self._waiting():
-                    next_round = clock() + self.interval
                     await self._round()
+                    next_round = clock() + self._interval()
             except RequestFailed as exc:
                 if not exc.retryable:
                     self._fail_all(exc)
@@ -447,7 +483,8 @@ class _Watcher:
 
     async def _round(self) -> None:
         what = f"poll {len(self._waiting())} instances"
-        instances = {i.id: i for i in await self.api.list_instances(what, self.deadline, attempts=1)}
+        listed = await self.api.list_instances(what, self.deadline, attempts=1, priority=True)
+        instances = {i.id: i for i in listed}
         for iid in self._waiting():
             instance = instances.get(iid)
             if instance is None:
@@ -489,7 +526,7 @@ class _Watcher:
         up, self._up = self._up, {}  # on failure the next round finds them RUNNING again
         attachments = await self.api.list_all(
             f"VNICs of {len(up)} instances", "ListVnicAttachments", self.deadline,
-            self.api.compute.list_vnic_attachments, self.api.s.compartment, attempts=1)
+            self.api.compute.list_vnic_attachments, self.api.s.compartment, attempts=1, priority=True)
         for a in attachments:
             instance = up.get(a.instance_id)
             if instance is not None and a.lifecycle_state == "ATTACHED" and not a.nic_index:
