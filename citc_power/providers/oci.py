@@ -37,7 +37,8 @@ from typing import Any, Awaitable, Callable, Mapping, Optional, Sequence, TypeVa
 
 import oci
 
-from ..errors import ProviderError
+from .. import hostlist
+from ..errors import HostlistError, ProviderError
 from ..pacing import BlockingPool, Deadline, TokenBucket
 from ..settings import SettingsReader, secret_file_problem
 from .base import AUTH, CAPACITY, CONFIG, ERROR, LIMIT, TIMEOUT, Node, Outcome, PowerState, Provider
@@ -195,10 +196,12 @@ def retry_token(*parts: str) -> str:
 
 
 def names_of(nodes: Sequence[Any]) -> str:
-    """Node names for a log line, shortened for big batches."""
+    """Node names for a log line, as a Slurm hostlist."""
     names = [getattr(n, "name", n) for n in nodes]
-    shown = ",".join(names[:6])
-    return shown if len(names) <= 6 else f"{shown},... ({len(names)} nodes)"
+    try:
+        return hostlist.collapse(names)
+    except HostlistError:
+        return ",".join(names)
 
 
 @dataclasses.dataclass
@@ -403,16 +406,18 @@ class _Watcher:
         self._reading: set[str] = set()  # instance ids with a GetVnic under way
         self._tasks: set[asyncio.Task] = set()
         self._missing: dict[str, float] = {}  # instance id -> when first missing
+        self._nodes: dict[str, str] = {}  # instance id -> node name, for log lines
         self._wake = asyncio.Event()
         self._task: Optional[asyncio.Task] = None
 
-    async def reaches(self, instance_id: str, states: frozenset[str]) -> Optional[Any]:
+    async def reaches(self, instance: Any, states: frozenset[str]) -> Optional[Any]:
         """The instance once its state is one of ``states``; None if it is gone (TERMINATED).
 
         :raises ProviderError: ``timeout`` at the deadline, or the listing failed.
         """
         future = asyncio.get_running_loop().create_future()
-        self._states.setdefault(instance_id, []).append((states, future))
+        self._nodes[instance.id] = instance.display_name
+        self._states.setdefault(instance.id, []).append((states, future))
         self._start()
         return await future
 
@@ -423,6 +428,7 @@ class _Watcher:
             request.
         """
         future = asyncio.get_running_loop().create_future()
+        self._nodes[instance.id] = instance.display_name
         self._running.setdefault(instance.id, []).append(future)
         if instance.lifecycle_state == RUNNING:  # no need to wait for a round to know that
             self._up[instance.id] = instance
@@ -448,6 +454,9 @@ class _Watcher:
         """Seconds to the next round: longer while many requests are queued, since what a
         round would find could not be acted on before the queue drains anyway."""
         return max(self.interval, self.api.pending / self.api.bucket.rate / 2)
+
+    def _node_names(self) -> str:
+        return names_of([self._nodes.get(i, i) for i in self._waiting()])
 
     def _waiting(self) -> list[str]:
         """Instances a poll round must look at: not those whose VNIC is being read."""
@@ -479,10 +488,10 @@ class _Watcher:
                     self._fail_all(exc)
                     return
                 # a poll is repeated anyway: try again next round rather than back off
-                log.debug("poll of %s: %s; again in %.1fs", names_of(self._waiting()), exc, self.interval)
+                log.debug("%s: poll failed: %s; again in %.1fs", self._node_names(), exc, self.interval)
 
     async def _round(self) -> None:
-        what = f"poll {len(self._waiting())} instances"
+        what = self._node_names()
         listed = await self.api.list_instances(what, self.deadline, attempts=1, priority=True)
         instances = {i.id: i for i in listed}
         for iid in self._waiting():
@@ -525,7 +534,7 @@ class _Watcher:
         """One ListVnicAttachments for the RUNNING instances, then a GetVnic task for each."""
         up, self._up = self._up, {}  # on failure the next round finds them RUNNING again
         attachments = await self.api.list_all(
-            f"VNICs of {len(up)} instances", "ListVnicAttachments", self.deadline,
+            names_of([i.display_name for i in up.values()]), "ListVnicAttachments", self.deadline,
             self.api.compute.list_vnic_attachments, self.api.s.compartment, attempts=1, priority=True)
         for a in attachments:
             instance = up.get(a.instance_id)
@@ -573,7 +582,8 @@ def _resolve(future: asyncio.Future, value: Any = None, exc: Optional[BaseExcept
 class _Call:
     """What one provider call shares between its nodes: deadline, watcher, looked-up names."""
 
-    def __init__(self, api: _Api, timeout: float, interval: float):
+    def __init__(self, api: _Api, timeout: float, interval: float, names: str):
+        self.names = names  # the nodes of the call, for log lines
         self.deadline = Deadline(timeout)
         self.watcher = _Watcher(api, self.deadline, interval)
         self.lookups: dict[tuple[str, str], asyncio.Task] = {}
@@ -674,8 +684,8 @@ class OciProvider(Provider):
                 self._api = api
         return self._api
 
-    def _call(self, api: _Api) -> _Call:
-        return _Call(api, self.s.launch_timeout, self.s.poll_interval)
+    def _call(self, api: _Api, nodes: Sequence[Node]) -> _Call:
+        return _Call(api, self.s.launch_timeout, self.s.poll_interval, names_of(nodes))
 
     async def _instances(self, api: _Api, call: _Call, nodes: Sequence[Node]) -> dict[str, list[Any]]:
         """This cluster's instances of each node: live ones best first, then TERMINATED ones,
@@ -685,7 +695,7 @@ class OciProvider(Provider):
         """
         wanted = {n.name for n in nodes}
         found: dict[str, list[Any]] = {}
-        for instance in await api.list_instances(names_of(nodes), call.deadline):
+        for instance in await api.list_instances(call.names, call.deadline):
             tags = instance.freeform_tags or {}
             node = tags.get("node", instance.display_name)
             if tags.get("cluster") == self.s.cluster and node in wanted:
@@ -705,7 +715,7 @@ class OciProvider(Provider):
         if not nodes:
             return []
         api = await self._connected()
-        call = self._call(api)
+        call = self._call(api, nodes)
         try:
             found = await self._instances(api, call, nodes)
         except ProviderError as exc:
@@ -729,10 +739,8 @@ class OciProvider(Provider):
         except Exception as exc:  # a bug must not cost the other nodes their outcome
             log.exception("%s: unexpected error while trying to %s", node.name, what)
             outcome = Outcome.failure(node.name, ERROR, f"unexpected {type(exc).__name__} during {what}")
-        if outcome.ok:
-            log.info("%s: %s done %s", node.name, what, outcome.message or "")
-        else:
-            log.error("%s: %s failed: citc:%s %s", node.name, what, outcome.code, outcome.message)
+        # the caller logs every outcome; this line adds where it came from
+        log.debug("%s: %s: ok=%s %s %s", node.name, what, outcome.ok, outcome.code, outcome.message)
         return outcome
 
     # ----------------------------------------------------------------- power on
@@ -760,7 +768,7 @@ class OciProvider(Provider):
             if state in (STOPPING, TERMINATING):
                 log.info("%s: waiting for instance %s to finish %s", node.name, instance.id, state.lower())
                 previous = instance.id
-                instance = await call.watcher.reaches(previous, frozenset({STOPPED, TERMINATED}))
+                instance = await call.watcher.reaches(instance, frozenset({STOPPED, TERMINATED}))
                 continue
             plan = plan or await self._plan(api, call, node)
             instance = await self._launch(api, call, node, plan, previous)
@@ -858,7 +866,7 @@ class OciProvider(Provider):
         raise ProviderError(CONFIG, f"ad={text}: the region has {len(self._ads)} availability domains")
 
     async def _list_ads(self, api: _Api, call: _Call) -> list[str]:
-        response = await api.call("availability domains", "ListAvailabilityDomains", call.deadline,
+        response = await api.call(call.names, "ListAvailabilityDomains", call.deadline,
                                   api.identity.list_availability_domains, api.tenancy or self.s.compartment)
         return sorted(ad.name for ad in response.data)
 
@@ -870,7 +878,7 @@ class OciProvider(Provider):
         return self._image_ids[image]
 
     async def _find_image(self, api: _Api, call: _Call, name: str) -> str:
-        images = await api.list_all(f"image {name}", "ListImages", call.deadline, api.compute.list_images,
+        images = await api.list_all(call.names, "ListImages", call.deadline, api.compute.list_images,
                                     self.s.compartment, display_name=name, sort_by="TIMECREATED",
                                     sort_order="DESC", lifecycle_state="AVAILABLE")
         if not images:
@@ -884,7 +892,7 @@ class OciProvider(Provider):
         return self._subnet
 
     async def _find_subnet(self, api: _Api, call: _Call) -> str:
-        subnets = await api.list_all("subnet lookup", "ListSubnets", call.deadline, api.network.list_subnets,
+        subnets = await api.list_all(call.names, "ListSubnets", call.deadline, api.network.list_subnets,
                                      self.s.compartment, vcn_id=self.s.vcn)
         tagged = [s.id for s in subnets if (s.freeform_tags or {}).get("cluster") == self.s.cluster]
         if len(tagged) != 1:
@@ -936,7 +944,7 @@ class OciProvider(Provider):
             log.info("%s: rebuilding %s from image %s", node.name, instance.id, plan.image)
             await api.call(node.name, "TerminateInstance", call.deadline,
                            api.compute.terminate_instance, instance.id, preserve_boot_volume=False)
-            await call.watcher.reaches(instance.id, frozenset({TERMINATED}))
+            await call.watcher.reaches(instance, frozenset({TERMINATED}))
             instance.lifecycle_state = TERMINATED  # now the node's previous instance
             return await self._bring_up(api, call, node, [instance], plan)
         await self._action(api, call, node, instance, "SOFTRESET")
@@ -953,7 +961,7 @@ class OciProvider(Provider):
             return {}
         api = await self._connected()
         try:
-            found = await self._instances(api, self._call(api), nodes)
+            found = await self._instances(api, self._call(api, nodes), nodes)
         except ProviderError as exc:
             log.error("%s: cannot read power state: %s", names_of(nodes), exc)
             return {n.name: PowerState.UNKNOWN for n in nodes}

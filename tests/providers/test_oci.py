@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -352,6 +354,20 @@ def test_refused_signature_gives_auth_outcomes(emu, make, tmp_path):
     emu.public_key = other_public_key
     outcomes = run(make().power_on(nodes(3)))
     assert [(o.ok, o.code) for o in outcomes] == [(False, AUTH)] * 3
+
+
+def test_every_log_line_names_its_nodes_and_never_the_key(emu, creds, make, caplog):
+    emu.faults.throttle_fraction = 0.3
+    emu.faults.reset_fraction = 0.1
+    emu.faults.capacity_nodes = {"cn002"}
+    caplog.set_level(logging.DEBUG, logger="citc_power")
+    run(make().power_on(nodes(8)))
+    records = [r for r in caplog.records if r.name.startswith("citc_power.providers.oci")]
+    assert any("retry" in r.getMessage() for r in records)  # the faults were logged
+    for record in records:
+        assert re.search(r"\bcn(\d{3}|\[[\d,-]+\])", record.getMessage()), record.getMessage()
+    key = Path(creds[0].read_text().split("key_file=")[1].strip()).read_text()
+    assert not any(key.splitlines()[1] in r.getMessage() for r in caplog.records)
 
 
 # ------------------------------------------------------------------------- power off, state, reboot
