@@ -9,9 +9,12 @@ How a batch of N nodes comes up in close to the time OCI's rate limit allows:
 - this module owns retries (the SDK's are switched off): throttling, 5xx, timeouts and reset
   connections are retried with jittered exponential back-off, honouring Retry-After, until the
   call's :class:`~citc_power.pacing.Deadline`; capacity and limit errors are not retried;
-- each launch carries an ``opc-retry-token`` derived from the cluster, the node and the
-  request, so a launch retried after a lost answer (or re-run after the process was killed)
-  returns the instance already made instead of a second one;
+- each launch carries an ``opc-retry-token`` derived from the cluster, the node, what is
+  launched and the node's previous (terminated) instance, so a launch retried after a lost
+  answer, or re-run after the process was killed, returns the instance already made instead
+  of a second one, while the next power cycle gets a token of its own;
+- a request still queued when ``launch_timeout`` has passed is not sent: Slurm has given up on
+  the node by then, and a late launch would only make an instance nobody waits for;
 - waiting is batched: one ListInstances per round for all waiting nodes, then one
   ListVnicAttachments and a GetVnic per new instance to learn its private IP.
 
@@ -54,6 +57,7 @@ BACKOFF_CAP = 8.0
 # how long an instance may be missing from ListInstances (which lags behind launches a little)
 # before we give up on it
 VANISHED_SECONDS = 20.0
+TIMED_OUT = "the instance did not come up before launch_timeout"
 
 # lifecycle states (oci.core.models.Instance.LIFECYCLE_STATE_*)
 RUNNING, TERMINATED, TERMINATING = "RUNNING", "TERMINATED", "TERMINATING"
@@ -226,6 +230,10 @@ class _Settings:
     poll_interval: float
 
 
+class _TooLate(Exception):
+    """The call's deadline passed while a request waited for its turn."""
+
+
 class _NoGate:
     """An async context manager that lets everyone through."""
 
@@ -326,7 +334,10 @@ class _Api:
         attempt = 0
         while True:
             try:
-                return await self._attempt(fn, args, kwargs, priority)
+                return await self._attempt(fn, args, kwargs, priority, deadline)
+            except _TooLate:
+                raise RequestFailed(TIMEOUT, f"{op} not sent: launch_timeout passed while it waited "
+                                             "its turn under max_requests_per_second") from None
             except Exception as exc:  # noqa: BLE001 - classify() re-raises what is not the SDK's
                 failure = classify(exc)
             attempt += 1
@@ -340,7 +351,8 @@ class _Api:
             log.debug("%s: %s failed (%s); retry %d in %.2fs", what, op, failure.message, attempt, delay)
             await asyncio.sleep(delay)
 
-    async def _attempt(self, fn: Callable[..., T], args: Any, kwargs: Any, priority: bool) -> T:
+    async def _attempt(self, fn: Callable[..., T], args: Any, kwargs: Any, priority: bool,
+                       deadline: Deadline) -> T:
         gate: Any = _NO_GATE if priority else self.slots
         self.pending += 1
         queued = True
@@ -349,6 +361,8 @@ class _Api:
                 await self.bucket.acquire()
                 self.pending -= 1
                 queued = False
+                if deadline.expired():
+                    raise _TooLate()
                 return await self.pool.run(fn, *args, **kwargs)
         finally:
             if queued:
@@ -475,7 +489,7 @@ class _Watcher:
                     pass
                 self._wake.clear()
             if self.deadline.expired():
-                self._fail_all(ProviderError(TIMEOUT, "the instance did not come up before launch_timeout"))
+                self._fail_all(ProviderError(TIMEOUT, TIMED_OUT))
                 return
             try:
                 if self._up:
@@ -485,7 +499,7 @@ class _Watcher:
                     next_round = clock() + self._interval()
             except RequestFailed as exc:
                 if not exc.retryable:
-                    self._fail_all(exc)
+                    self._fail_all(ProviderError(TIMEOUT, TIMED_OUT) if exc.code == TIMEOUT else exc)
                     return
                 # a poll is repeated anyway: try again next round rather than back off
                 log.debug("%s: poll failed: %s; again in %.1fs", self._node_names(), exc, self.interval)

@@ -349,6 +349,17 @@ def test_node_that_never_runs_times_out_with_its_instance_id(emu, make):
     assert {o.instance_id for o in outcomes} == {i["id"] for i in emu.live_instances()}
 
 
+def test_requests_still_queued_at_the_deadline_are_not_sent(emu, make):
+    emu.provision_delay = 3600
+    outcomes = run(make(max_requests_per_second=4, launch_timeout=1.5).power_on(nodes(20)))
+    assert all(o.code == TIMEOUT for o in outcomes)
+    launched = [o for o in outcomes if o.instance_id]
+    unsent = [o for o in outcomes if not o.instance_id]
+    assert len(unsent) >= 10 and all("LaunchInstance not sent" in o.message for o in unsent)
+    assert all("did not come up" in o.message for o in launched)
+    assert emu.received["LaunchInstance"] == len(emu.instances) == len(launched)
+
+
 def test_refused_signature_gives_auth_outcomes(emu, make, tmp_path):
     _, other_public_key = write_oci_config(tmp_path)  # the emulator now expects another key
     emu.public_key = other_public_key
