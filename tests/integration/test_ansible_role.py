@@ -264,6 +264,17 @@ def test_a_changed_setting_reconfigures_slurmctld(applied):
     assert run.calls.read_text() == before + "reconfigure\n"
 
 
+def test_role_refuses_a_slurm_conf_that_sets_power_saving_keys_itself(applied, tmp_path: Path):
+    _, wheels, _ = applied
+    run = Applied(tmp_path)
+    run.slurm_conf.parent.mkdir(parents=True)
+    run.slurm_conf.write_text("ClusterName=ci\nDebugFlags=Backfill\n  suspendtime = 60\n#SuspendRate=5\n")
+    result = run.apply(wheels)
+    assert result.returncode != 0
+    assert (f"{run.slurm_conf} sets DebugFlags, suspendtime, which {run.include} sets (Slurm would use"
+            " whichever comes last)") in result.stdout
+    assert not run.venv.exists()  # refused before anything was installed
+
 # -- the rendered files driving a real slurmctld --------------------------------------------------
 
 # what the role's include sets; the harness's own values of these keys are left out

@@ -30,6 +30,8 @@ def render(name: str, **values: object) -> str:
         "citc_power_suspend_exc_parts": "", "citc_power_suspend_exc_states": "",
         "citc_power_slurmctld_parameters": ["idle_on_node_suspend", "cloud_reg_addrs"],
         "citc_power_tree_width": 65533, "citc_power_return_to_service": 2,
+        "citc_power_debug_flags": ["Power"], "citc_power_private_data": [],
+        "citc_power_communication_parameters": [],
     }
     base.update(values)
     return env.get_template(name).render(**base)
@@ -61,11 +63,31 @@ def test_include_for_23_11_drops_the_keys_slurm_removed_or_made_default():
     assert conf["SlurmctldParameters"] == "idle_on_node_suspend,cloud_reg_addrs"
 
 
+def test_site_values_of_the_keys_the_include_owns_are_merged_in():
+    conf = settings(render("citc-power.conf.j2", citc_power_debug_flags=["Power", "Backfill"],
+                           citc_power_private_data=["jobs"], citc_power_communication_parameters=["block_null_hash"]))
+    assert conf["DebugFlags"] == "Power,Backfill"
+    assert conf["PrivateData"] == "cloud,jobs"
+    assert conf["CommunicationParameters"] == "NoAddrCache,block_null_hash"
+    newer = settings(render("citc-power.conf.j2", citc_power_slurm_version="23.11", citc_power_private_data=["jobs"]))
+    assert newer["PrivateData"] == "jobs" and "CommunicationParameters" not in newer
+
+
 def test_include_leaves_out_what_a_site_does_not_use():
     conf = settings(render("citc-power.conf.j2", citc_power_reboot_program=False,
                            citc_power_suspend_exc_nodes="login[1-2]", citc_power_slurm_version="24.05"))
     assert "RebootProgram" not in conf and "SuspendExcParts" not in conf
     assert conf["SuspendExcNodes"] == "login[1-2]"
+
+
+def test_role_knows_every_key_the_include_sets():
+    import yaml
+
+    owned = set(yaml.safe_load((ROLE_DEFAULTS.parent.parent / "vars/main.yml").read_text())["citc_power_include_keys"])
+    conf = settings(render("citc-power.conf.j2", citc_power_suspend_exc_nodes="a", citc_power_suspend_exc_parts="b",
+                           citc_power_suspend_exc_states="down", citc_power_slurm_version="23.02",
+                           citc_power_private_data=["jobs"], citc_power_communication_parameters=["x"]))
+    assert set(conf) <= owned, set(conf) - owned
 
 
 def test_role_defaults_cover_every_template_variable():
