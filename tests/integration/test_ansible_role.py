@@ -343,8 +343,9 @@ def test_rendered_files_power_nodes_of_a_real_slurmctld_up_and_down(role_cluster
         assert node["AvailableFeatures"] == f"rack=r{i}"
         assert {"CLOUD", "POWERED_DOWN"} <= set(node["State"].split("+"))
 
-    job = cluster.sbatch("-N2", "-w", "cn[1-2]")
-    cluster.wait_job_state(job, "COMPLETED", 120)
+    # srun rather than sbatch: a batch job starts up to 30 s after its nodes are up
+    srun = cluster.run(shutil.which("srun") or "srun", "-N2", "-w", "cn[1-2]", "hostname", timeout=120, check=False)
+    assert srun.returncode == 0, srun.stderr
     for name in ("cn1", "cn2"):
         cluster.wait_node_state(name, r"idle~", 60)
         assert not cluster.slurmd_running(name)
