@@ -133,8 +133,12 @@ def _strip_comment(line: str) -> str:
 
 
 def defined(lines: Sequence[tuple[int, str]], pattern: re.Pattern[str], path: Path,
-            expand: bool) -> dict[str, int]:
-    """Names defined by NodeName= or PartitionName= lines, mapped to their line number."""
+            expand: bool, strict: bool = True) -> dict[str, int]:
+    """Names defined by NodeName= or PartitionName= lines, mapped to their line number.
+
+    A NodeName= hostlist that cannot be read raises ConfigError when ``strict``; otherwise the
+    line counts as defining that text as one name.
+    """
     names: dict[str, int] = {}
     for number, line in lines:
         match = pattern.match(_strip_comment(line))
@@ -143,10 +147,14 @@ def defined(lines: Sequence[tuple[int, str]], pattern: re.Pattern[str], path: Pa
         value = match.group(1).strip('"')
         if value.upper() == "DEFAULT":
             continue
-        try:
-            found = hostlist.expand(value) if expand else [value]
-        except HostlistError as exc:
-            raise ConfigError(f"{path}:{number}: cannot read NodeName={value} ({exc}); fix that line") from None
+        found = [value]
+        if expand:
+            try:
+                found = hostlist.expand(value)
+            except HostlistError as exc:
+                if strict:
+                    raise ConfigError(f"{path}:{number}: cannot read NodeName={value} ({exc});"
+                                      " fix that line") from None
         for name in found:
             names.setdefault(name, number)
     return names
@@ -156,7 +164,8 @@ def check_outside(conf: ConfFile, plan: Plan) -> None:
     """Refuse nodes or partitions that slurm.conf also defines outside the markers."""
     outside = conf.outside()
     problems = []
-    nodes = defined(outside, _NODE_LINE, conf.path, expand=True)
+    # lines outside the markers are the site's: read what we can, never refuse them
+    nodes = defined(outside, _NODE_LINE, conf.path, expand=True, strict=False)
     clash = [name for name in plan.node_names() if name in nodes]
     if clash:
         problems.append(f"{conf.path}:{nodes[clash[0]]}: {hostlist.collapse(clash)} also defined"

@@ -385,3 +385,11 @@ def test_a_failed_reconfigure_is_an_error_after_the_file_is_written(tmp_path: Pa
         finish.run(o, FakeSlurm(reconfigure_fails=True), echo=lambda _: None)
     assert info.value.exit_code == 1
     assert "RealMemory=14336" in o.slurm_conf.read_text()
+
+
+def test_node_lines_outside_the_markers_that_cannot_be_read_are_left_alone(tmp_path: Path):
+    conf = tmp_path / "slurm.conf"
+    conf.write_text("NodeName=odd[1-2]x CPUs=1\n# STARTNODES\n# ENDNODES\n")
+    result = invoke(write_limits(tmp_path / "limits.yaml", "VM.Standard2.1: 1\n"), "--slurm-conf", conf)
+    assert result.exit_code == 0, result.output
+    assert conf.read_text().startswith("NodeName=odd[1-2]x CPUs=1\n# STARTNODES\n# Written by finish")
