@@ -291,8 +291,9 @@ def run(opts: Options, slurm: SlurmLike | None = None,
     old = defined([(conf.start + 2 + i, line) for i, line in enumerate(conf.block())], _NODE_LINE,
                   conf.path, expand=True)
     new = plan.node_names()
+    kept = set(new)
     added = [n for n in new if n not in old]
-    removed = [n for n in old if n not in set(new)]
+    removed = [n for n in old if n not in kept]
     slurm = slurm or _default_slurm()
     busy = _busy(slurm, removed, opts, echo)
     if opts.dry_run:
