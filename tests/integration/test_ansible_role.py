@@ -126,9 +126,11 @@ def _build_wheel(root: Path) -> Path:
     if not (src / "README.md").exists():
         (src / "README.md").write_text("citc-power\n")
     wheels = root / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-index",
-                    "--no-build-isolation", "-w", str(wheels), str(src)],
-                   check=True, capture_output=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-index",
+                           "--no-build-isolation", "-w", str(wheels), str(src)],
+                          capture_output=True, text=True, timeout=300, check=False)
+    # setuptools older than 70.1 builds wheels only with the wheel package installed
+    assert proc.returncode == 0, f"cannot build a wheel offline (is the wheel package installed?):\n{proc.stderr[-2000:]}"
     return wheels
 
 
