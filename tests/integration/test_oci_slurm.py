@@ -93,4 +93,4 @@ def test_job_runs_on_two_oci_nodes_at_the_addresses_their_vnics_report(miniclust
         i["lifecycleState"] == "TERMINATING" for i in emu.live_instances()), 90, "instances to be terminated")
     cluster.wait_node_state("oc1", r"idle~", 60)
     assert emu.handled["TerminateInstance"] == 2
-    assert "oc1: power on done" in cluster.power_log()
+    assert "oc1: launching VM.Standard.E4.Flex in Uocm:EMU-AD-1" in cluster.power_log()
