@@ -261,5 +261,8 @@ def stopnode() -> None:
 
 
 def finish_main() -> None:
-    """``finish`` = ``citc-power finish``."""
-    main(["finish", *sys.argv[1:]], prog_name="finish")
+    """``finish`` = ``citc-power finish`` (it prints its own one-line errors)."""
+    prepare_process()
+    from .finish import command as finish_cmd
+
+    finish_cmd.main(prog_name="finish")
