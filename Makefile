@@ -10,8 +10,8 @@ export no_proxy := 127.0.0.1,localhost,$(no_proxy)
 
 .PHONY: test demo deps apt venv lint bench clean
 
-test: deps
-	$(PY) -m pytest -q -ra tests
+test: deps lint
+	$(PY) -m pytest -q -ra --durations=15 tests
 
 demo: deps
 	$(PY) demo/demo.py
@@ -33,7 +33,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 lint: deps
-	$(VENV)/bin/ruff check citc_power tests bench
+	$(VENV)/bin/ruff check citc_power tests bench demo
 	$(VENV)/bin/mypy citc_power
 
 bench: deps
