@@ -49,7 +49,6 @@ RECONFIGURE_ADDS_NODES = (23, 11)
 _MARKER = re.compile(r"^#\s*(STARTNODES|ENDNODES)\s*$")
 _NODE_LINE = re.compile(r"^\s*NodeName\s*=\s*(\"[^\"]*\"|\S+)", re.IGNORECASE)
 _PART_LINE = re.compile(r"^\s*PartitionName\s*=\s*(\"[^\"]*\"|\S+)", re.IGNORECASE)
-_VERSION = re.compile(r"(\d+)\.(\d+)")
 # node states in which a node has no machine running (flags of `scontrol show node` State=)
 _POWERED_OFF = {"POWERED_DOWN", "FUTURE"}
 
@@ -57,7 +56,7 @@ _POWERED_OFF = {"POWERED_DOWN", "FUTURE"}
 class SlurmLike(Protocol):
     """What finish asks of :class:`citc_power.slurm.Slurm`."""
 
-    def run(self, tool: str, *args: str) -> str: ...
+    def version(self) -> tuple[int, int] | None: ...
 
     def read_nodes(self, names: Sequence[str]) -> dict[str, Any]: ...
 
@@ -180,19 +179,6 @@ def check_outside(conf: ConfFile, plan: Plan) -> None:
 
 
 # -- asking Slurm -------------------------------------------------------------------------------
-
-def slurm_version(slurm: SlurmLike) -> tuple[int, int] | None:
-    """(major, minor) of the installed Slurm, or None if it cannot be told."""
-    # slurmctld -V needs no config; scontrol --version does (22.05), but is also on non-controllers
-    for tool, flag in (("slurmctld", "-V"), ("scontrol", "--version")):
-        try:
-            match = _VERSION.search(slurm.run(tool, flag))
-        except SlurmError:
-            continue
-        if match:
-            return (int(match.group(1)), int(match.group(2)))
-    return None
-
 
 def powered_up(slurm: SlurmLike, names: Sequence[str]) -> list[str]:
     """Those of ``names`` that Slurm has powered up (or powering); raises SlurmError."""
@@ -352,7 +338,7 @@ def tell_slurm(slurm: SlurmLike, opts: Options, nodes_changed: bool,
                echo: Callable[[str], None]) -> int:
     """Reconfigure slurmctld, or say that it needs a restart; returns the exit code."""
     if nodes_changed:
-        version = slurm_version(slurm)
+        version = slurm.version()
         if version is None or version < RECONFIGURE_ADDS_NODES:
             seen = "this Slurm" if version is None else f"Slurm {version[0]}.{version[1]:02d}"
             echo(f"restart slurmctld now: {seen} reads its node list only when it starts"

@@ -26,6 +26,7 @@ T = TypeVar("T")
 
 SEARCH_PATH = ["/usr/bin", "/usr/local/bin", "/opt/slurm/bin", "/usr/sbin", "/bin"]
 _FIELD_SPLIT = re.compile(r"\s+(?=[A-Z][A-Za-z_:]*=)")
+_VERSION = re.compile(r"(\d+)\.(\d+)")
 REASON_MAX = 200  # long reasons are cut; the log keeps the whole message
 
 
@@ -64,6 +65,12 @@ def node_from_record(fields: Mapping[str, str]) -> Node:
         state=fields.get("State", ""),
         reason=reason,
     )
+
+
+def parse_version(text: str) -> Optional[tuple[int, int]]:
+    """(major, minor) from ``slurm-wlm 22.05.8`` or ``slurm 23.11.1``."""
+    match = _VERSION.search(text)
+    return (int(match.group(1)), int(match.group(2))) if match else None
 
 
 def reason_text(code: str, message: str) -> str:
@@ -129,6 +136,18 @@ class Slurm:
             detail = (proc.stderr or proc.stdout).strip().splitlines()
             raise SlurmError(f"{tool} {' '.join(args)} failed: {detail[-1] if detail else proc.returncode}")
         return proc.stdout
+
+    def version(self) -> Optional[tuple[int, int]]:
+        """(major, minor) of the installed Slurm, or None if it cannot be told."""
+        # slurmctld -V needs no config; scontrol --version does (22.05), but is also on non-controllers
+        for tool, flag in (("slurmctld", "-V"), ("scontrol", "--version")):
+            try:
+                found = parse_version(self.run(tool, flag))
+            except SlurmError:
+                continue
+            if found:
+                return found
+        return None
 
     # -- reading ----------------------------------------------------------------------------
     def read_nodes(self, names: Sequence[str]) -> dict[str, Node]:

@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from citc_power import finish, hostlist, limits
+from citc_power import slurm as slurm_mod
 from citc_power.errors import SlurmError, UsageError
 from citc_power.providers.base import Node
 
@@ -34,16 +35,14 @@ class FakeSlurm:
     def __init__(self, states: dict[str, str] | None = None, version: str | None = "slurm-wlm 22.05.8",
                  reachable: bool = True, reconfigure_fails: bool = False):
         self.states = states or {}
-        self.version = version
+        self.version_text = version
         self.reachable = reachable
         self.reconfigure_fails = reconfigure_fails
         self.asked: list[list[str]] = []
         self.reconfigured = 0
 
-    def run(self, tool: str, *args: str) -> str:
-        if self.version is None:
-            raise SlurmError(f"{tool} {' '.join(args)} failed")
-        return self.version + "\n"
+    def version(self):
+        return slurm_mod.parse_version(self.version_text) if self.version_text else None
 
     def read_nodes(self, names):
         self.asked.append(list(names))

@@ -80,3 +80,18 @@ def test_resume_file_maps_nodes_to_jobs(tmp_path):
     path.write_text("{not json")
     assert slurm.read_resume_file(str(path)) == {}
     assert slurm.read_resume_file("") == {}
+
+
+def test_version_comes_from_slurmctld_or_else_scontrol():
+    class Versions(RecordingSlurm):
+        def run(self, tool, *args):
+            self.calls.append((tool, *args))
+            if tool == "slurmctld":
+                raise slurm.SlurmError("cannot run /usr/sbin/slurmctld: No such file or directory")
+            return "slurm 23.11.4\n"
+
+    s = Versions()
+    assert s.version() == (23, 11)
+    assert [c[0] for c in s.calls] == ["slurmctld", "scontrol"]
+    assert slurm.parse_version("slurm-wlm 22.05.8") == (22, 5)
+    assert slurm.parse_version("no version here") is None
