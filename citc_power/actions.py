@@ -73,7 +73,6 @@ class Runner:
     def run(self, action: str, names: Sequence[str]) -> Result:
         return asyncio.run(self.run_async(action, names))
 
-
     async def run_async(self, action: str, names: Sequence[str]) -> Result:
         names = list(dict.fromkeys(names))
         log.info("%s %s (%d nodes)", action, hostlist.collapse(names), len(names))
@@ -82,14 +81,12 @@ class Runner:
             raise ConfigError(self.config_problems)
         nodes = self._read_nodes(names)
         if self.dry_run:
-            outcomes = self._dry_run(plan, failures, nodes)
             await asyncio.gather(*(p.close() for p, _ in plan))
-        else:
-            outcomes = await self._call_providers(action, plan, failures, nodes)
-            self._log_outcomes(action, outcomes)
+            return Result(action, self._dry_run(plan, failures, nodes), config_problems=self.config_problems)
+        outcomes = await self._call_providers(action, plan, failures, nodes)
+        self._log_outcomes(action, outcomes)
         result = Result(action, outcomes, config_problems=self.config_problems)
-        if not self.dry_run:
-            self._report(result)
+        self._report(result)
         return result
 
     # -- steps ------------------------------------------------------------------------------
