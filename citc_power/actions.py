@@ -84,6 +84,7 @@ class Runner:
             await asyncio.gather(*(p.close() for p, _ in plan))
             return Result(action, self._dry_run(plan, failures, nodes), config_problems=self.config_problems)
         outcomes = await self._call_providers(action, plan, failures, nodes)
+        self._note_node_config_problems(outcomes, failures)
         self._log_outcomes(action, outcomes)
         result = Result(action, outcomes, config_problems=self.config_problems)
         self._report(result)
@@ -125,6 +126,16 @@ class Runner:
         for outcomes in results:
             by_name.update({o.node: o for o in outcomes})
         return [by_name[n] for n in nodes]
+
+    def _note_node_config_problems(self, outcomes: Sequence[Outcome], known: Sequence[Outcome]) -> None:
+        """A provider's ``config`` outcomes (a bad shape feature, say) are config errors too: exit 2."""
+        already = {o.node for o in known}
+        by_message: dict[str, list[str]] = {}
+        for o in outcomes:
+            if not o.ok and o.code == CONFIG and o.node not in already:
+                by_message.setdefault(o.message, []).append(o.node)
+        for message, names in by_message.items():
+            self.config_problems.append(f"{hostlist.collapse(names)}: {message}")
 
     def _dry_run(self, plan: Sequence[tuple[Provider, list[str]]], failures: list[Outcome],
                  nodes: Mapping[str, Node]) -> list[Outcome]:

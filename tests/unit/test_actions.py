@@ -118,3 +118,12 @@ def test_resume_fail_leaves_a_bare_metal_node_down_as_stuck(monkeypatch):
     down = [c for c in slurm.calls if "state=DOWN" in c]
     assert down and down[0][4].startswith("reason=citc:stuck powered on but never registered")
     assert not any("state=POWER_DOWN_FORCE" in c for c in slurm.calls)
+
+
+def test_a_nodes_bad_feature_is_reported_down_and_is_a_config_error():
+    r, slurm = runner(make_config(on="echo {mac}"))
+    result = r.run("resume", ["cn1", "cn2"])
+    assert result.exit_code() == 2
+    assert result.config_problems == [f"cn{i}: on command uses {{mac}} but node cn{i} has no such feature" for i in (1, 2)]
+    downed = sorted(c[2] for c in slurm.calls if "state=DOWN" in c)
+    assert downed == ["nodename=cn1", "nodename=cn2"]

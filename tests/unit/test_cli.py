@@ -142,3 +142,22 @@ def test_resume_failure_that_cannot_be_reported_exits_1_and_logs_why(conf, tmp_p
     assert proc.returncode == 1
     log = (tmp_path / "p.log").read_text()
     assert "could not tell Slurm about cn1" in log
+
+
+def test_resume_with_a_provider_setting_missing_exits_2_naming_it(tmp_path):
+    oci_config = tmp_path / "oci-config"
+    oci_config.write_text("[DEFAULT]\nregion=uk-london-1\n")
+    oci_config.chmod(0o600)
+    bad = tmp_path / "p.yaml"
+    bad.write_text(f"log: {{file: {tmp_path}/p.log}}\nslurm: {{bin_dir: {tmp_path}}}\n"
+                   "groups: [{nodes: 'vm[1-2]', provider: oci}]\n"
+                   "providers: {oci: {type: oci, subnet: ocid1.subnet.x, image: ocid1.image.x, cluster: c1,"
+                   f" config_file: {oci_config}}}}}\n")
+    scontrol = tmp_path / "scontrol"  # records what would have been told to Slurm
+    scontrol.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/calls\n")
+    scontrol.chmod(0o755)
+    proc = run("citc-power", "resume", "--config", str(bad), "vm[1-2]")
+    assert_one_line_error(proc, "providers.oci.compartment: missing")
+    calls = (tmp_path / "calls").read_text()
+    assert "update nodename=vm[1-2] state=DOWN reason=citc:config" in calls
+    assert "providers.oci.compartment: missing" in calls
