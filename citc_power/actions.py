@@ -90,6 +90,22 @@ class Runner:
         self._report(result)
         return result
 
+    async def power_states(self, names: Sequence[str]) -> dict[str, PowerState]:
+        """Ask each provider for the power state of its nodes (for ``citc-power status``)."""
+        plan, _ = self._providers_for(names)
+        if self.config_problems:
+            raise ConfigError(self.config_problems)
+        nodes = self._read_nodes(names)
+        states: dict[str, PowerState] = {}
+        for provider, members in plan:
+            try:
+                states.update(await provider.power_state([nodes[n] for n in members]))
+            except CitcPowerError as exc:
+                log.error("provider %s: cannot read power state of %s: %s", provider.name, hostlist.collapse(members), exc)
+            finally:
+                await provider.close()
+        return {n: states.get(n, PowerState.UNKNOWN) for n in names}
+
     # -- steps ------------------------------------------------------------------------------
     def _providers_for(self, names: Sequence[str]) -> tuple[list[tuple[Provider, list[str]]], list[Outcome]]:
         """Build the providers the nodes need; nodes they cannot serve get config outcomes."""
@@ -252,21 +268,3 @@ def build_provider(config: Config, name: str) -> Provider:
         return cls.from_settings(name, spec.settings)
     except ConfigError as exc:
         raise exc.located(str(config.path)) from None
-
-
-async def power_states(config: Config, slurm: Slurm, names: Sequence[str]) -> dict[str, PowerState]:
-    """Ask each provider for the power state of its nodes (for ``citc-power status``)."""
-    runner = Runner(config, slurm)
-    plan, _ = runner._providers_for(names)
-    if runner.config_problems:
-        raise ConfigError(runner.config_problems)
-    nodes = runner._read_nodes(names)
-    states: dict[str, PowerState] = {}
-    for provider, members in plan:
-        try:
-            states.update(await provider.power_state([nodes[n] for n in members]))
-        except CitcPowerError as exc:
-            log.error("provider %s: cannot read power state of %s: %s", provider.name, hostlist.collapse(members), exc)
-        finally:
-            await provider.close()
-    return {n: states.get(n, PowerState.UNKNOWN) for n in names}

@@ -213,7 +213,7 @@ def status_command(ctx: Context, hostlist_expr: str) -> None:
     cfg = _load(ctx)
     logs.setup("status", cfg.log.file, cfg.log.level, console=True, verbose=ctx.verbose)
     s = slurm.Slurm(cfg.slurm.bin_dir, cfg.slurm.timeout, cfg.slurm.batch_size)
-    states = asyncio.run(actions.power_states(cfg, s, names))
+    states = asyncio.run(actions.Runner(cfg, s).power_states(names))
     for name, state in states.items():
         click.echo(f"{name:<24} {state.value}")
 

@@ -127,3 +127,15 @@ def test_a_nodes_bad_feature_is_reported_down_and_is_a_config_error():
     assert result.config_problems == [f"cn{i}: on command uses {{mac}} but node cn{i} has no such feature" for i in (1, 2)]
     downed = sorted(c[2] for c in slurm.calls if "state=DOWN" in c)
     assert downed == ["nodename=cn1", "nodename=cn2"]
+
+
+def test_power_states_asks_each_provider_and_changes_nothing():
+    import asyncio
+
+    from citc_power.providers.base import PowerState
+
+    cfg = make_config(state="sh -c 'case {node} in cn1) echo on;; *) echo off;; esac'")
+    r, slurm = runner(cfg)
+    states = asyncio.run(r.power_states(["cn1", "cn2"]))
+    assert states == {"cn1": PowerState.ON, "cn2": PowerState.OFF}
+    assert not [c for c in slurm.calls if c[1] == "update"]
